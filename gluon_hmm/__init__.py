@@ -1,0 +1,31 @@
+"""gluon_hmm: hidden Markov models as fast, exact, differentiable operators for MXNet/Gluon.
+
+``import gluon_hmm as gh`` loads the C++ operator library into MXNet once.
+
+* Functional ops (NDArray and Symbol): :func:`log_likelihood`, :func:`posterior`,
+  :func:`viterbi`, :func:`sample`.
+* NumPy: :mod:`gluon_hmm.numpy` (same kernels, no MXNet engine).
+* Float64 reference: :mod:`gluon_hmm.reference`.
+"""
+from . import _library
+
+_library.load()
+
+from . import numpy  # noqa: E402  (the NumPy binding, as gh.numpy)
+from .ops import log_likelihood, posterior, posterior_stats, sample, viterbi  # noqa: E402
+from ._native import has_cuda  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n):
+    """Default CPU thread count of every gluon_hmm kernel (0: GLUON_HMM_NUM_THREADS or all cores)."""
+    n = int(n)
+    if n < 0:
+        raise ValueError("set_num_threads: n must be >= 0, got %d" % n)
+    numpy.set_num_threads(n)
+    _library.load().hmm_set_num_threads(n)
+
+
+__all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample", "numpy",
+           "set_num_threads", "has_cuda"]

@@ -1,0 +1,237 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Cython binding of the engine's C ABI (src/hmm/hmm.h) for NumPy arrays.
+
+Glue only: it checks arrays through ``hmm_describe`` (the engine's one home of
+validation), allocates outputs, calls the C ABI without the GIL and turns a
+status into an exception.  The public NumPy API is :mod:`gluon_hmm.numpy`.
+"""
+from libc.stdint cimport int32_t, int64_t
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from "hmm.h":
+    ctypedef enum hmm_status_t:
+        HMM_STATUS_SUCCESS
+        HMM_STATUS_INVALID_VALUE
+        HMM_STATUS_BAD_LENGTHS
+    ctypedef enum hmm_dtype_t:
+        HMM_FLOAT32
+        HMM_FLOAT64
+    ctypedef enum hmm_init_mode_t:
+        HMM_INIT_SHARED
+        HMM_INIT_PER_SEQUENCE
+    ctypedef enum hmm_trans_mode_t:
+        HMM_TRANS_SHARED
+        HMM_TRANS_PER_SEQUENCE
+        HMM_TRANS_TIME_VARYING
+    ctypedef enum hmm_lengths_type_t:
+        HMM_LENGTHS_NONE
+    ctypedef enum hmm_device_t:
+        HMM_DEVICE_CPU
+    ctypedef struct hmm_problem_t:
+        int64_t batch
+        int64_t time
+        int64_t states
+        hmm_dtype_t dtype
+        hmm_init_mode_t init_mode
+        hmm_trans_mode_t trans_mode
+        hmm_lengths_type_t lengths_type
+        hmm_device_t device
+        int num_threads
+        void* stream
+    ctypedef struct hmm_inputs_t:
+        const void* log_init
+        const void* log_trans
+        const void* log_emit
+        const void* lengths
+
+    void hmm_problem_init(hmm_problem_t* problem)
+    const char* hmm_status_string(hmm_status_t status)
+    int hmm_abi_version()
+    int hmm_has_cuda()
+    void hmm_set_num_threads(int n)
+    int hmm_get_num_threads()
+    hmm_status_t hmm_describe(const int64_t* const* shapes, const int* ndims, const int* dtypes,
+                              const char* const* dtype_names, hmm_problem_t* problem,
+                              char* message, size_t message_len)
+    hmm_status_t hmm_check_lengths(const hmm_problem_t* p, const void* lengths, int64_t* bad) nogil
+    hmm_status_t hmm_saved_size(const hmm_problem_t* p, int64_t* elems)
+    hmm_status_t hmm_forward(const hmm_problem_t* p, const hmm_inputs_t* inp, void* loglik,
+                             void* saved) nogil
+    hmm_status_t hmm_backward(const hmm_problem_t* p, const hmm_inputs_t* inp, const void* saved,
+                              const void* grad_loglik, void* grad_init, void* grad_trans,
+                              void* grad_emit, void* workspace) nogil
+    hmm_status_t hmm_posterior(const hmm_problem_t* p, const hmm_inputs_t* inp, void* gamma,
+                               void* trans_counts, void* loglik, void* init_counts,
+                               void* workspace) nogil
+    hmm_status_t hmm_viterbi(const hmm_problem_t* p, const hmm_inputs_t* inp, int32_t* path,
+                             void* score, void* workspace) nogil
+    hmm_status_t hmm_sample(const hmm_problem_t* p, const hmm_inputs_t* inp, int64_t num_samples,
+                            const int32_t* seed, int32_t* paths, void* workspace) nogil
+
+
+_FLOAT_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1,
+                np.dtype(np.int32): 2, np.dtype(np.int64): 3}
+_NAMES = ("log_init", "log_trans", "log_emit", "lengths")
+
+
+def abi_version():
+    return hmm_abi_version()
+
+
+def has_cuda():
+    return bool(hmm_has_cuda())
+
+
+def set_num_threads(int n):
+    hmm_set_num_threads(n)
+
+
+def get_num_threads():
+    return hmm_get_num_threads()
+
+
+cdef _raise(hmm_status_t status, what):
+    raise RuntimeError("gluon_hmm: %s failed: %s" % (what, hmm_status_string(status).decode()))
+
+
+cdef class _Call:
+    """Checked, contiguous views of one call's inputs and the problem they describe."""
+    cdef hmm_problem_t problem
+    cdef hmm_inputs_t inputs
+    cdef public object arrays   # keeps the contiguous arrays alive
+    cdef public object dtype
+
+    def __init__(self, log_init, log_trans, log_emit, lengths, int num_threads):
+        cdef int64_t shape_store[4][4]
+        cdef const int64_t* shapes[4]
+        cdef int ndims[4]
+        cdef int codes[4]
+        cdef const char* names[4]
+        cdef char message[512]
+        raw = [log_init, log_trans, log_emit, lengths]
+        arrays = []
+        name_bytes = []
+        for k in range(4):
+            a = raw[k]
+            if a is None:
+                arrays.append(None)
+                ndims[k] = -1
+                codes[k] = 9
+                name_bytes.append(b"none")
+                continue
+            if not isinstance(a, np.ndarray):
+                a = np.asarray(a)
+            if a.ndim > 4:
+                raise ValueError("%s must have at most 4 dimensions, got shape %s"
+                                 % (_NAMES[k], tuple(a.shape)))
+            if k == 3 and a.dtype.kind in "ui" and a.dtype != np.int32 and a.dtype != np.int64:
+                a = a.astype(np.int64)
+            arrays.append(a)
+            ndims[k] = a.ndim
+            for d in range(a.ndim):
+                shape_store[k][d] = a.shape[d]
+            codes[k] = _FLOAT_CODES.get(a.dtype, 9)
+            name_bytes.append(str(a.dtype).encode())
+        for k in range(4):
+            shapes[k] = shape_store[k]
+            names[k] = name_bytes[k]
+        hmm_problem_init(&self.problem)
+        st = hmm_describe(shapes, ndims, codes, names, &self.problem, message, sizeof(message))
+        if st != HMM_STATUS_SUCCESS:
+            if st == HMM_STATUS_INVALID_VALUE:
+                raise ValueError(message.decode())
+            _raise(st, "describe")
+        self.problem.num_threads = num_threads
+        self.dtype = np.float32 if self.problem.dtype == HMM_FLOAT32 else np.float64
+        # C-contiguous copies only where needed (read-only and strided arrays welcome).
+        for k in range(4):
+            if arrays[k] is not None:
+                arrays[k] = np.ascontiguousarray(arrays[k])
+        self.arrays = arrays
+        self.inputs.log_init = cnp.PyArray_DATA(arrays[0])
+        self.inputs.log_trans = cnp.PyArray_DATA(arrays[1])
+        self.inputs.log_emit = cnp.PyArray_DATA(arrays[2])
+        self.inputs.lengths = NULL if arrays[3] is None else cnp.PyArray_DATA(arrays[3])
+        cdef int64_t bad = -1
+        if arrays[3] is not None:
+            st = hmm_check_lengths(&self.problem, self.inputs.lengths, &bad)
+            if st == HMM_STATUS_BAD_LENGTHS:
+                raise ValueError("lengths must lie in [0, T] with T=%d, got lengths[%d]=%d"
+                                 % (self.problem.time, bad, int(arrays[3][bad])))
+            elif st != HMM_STATUS_SUCCESS:
+                _raise(st, "lengths check")
+
+    @property
+    def shape(self):
+        return (self.problem.batch, self.problem.time, self.problem.states)
+
+    def forward(self):
+        cdef int64_t elems = 0
+        st = hmm_saved_size(&self.problem, &elems)
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "saved_size")
+        cdef cnp.ndarray loglik = np.empty(self.problem.batch, self.dtype)
+        cdef cnp.ndarray saved = np.empty(elems, self.dtype)
+        with nogil:
+            st = hmm_forward(&self.problem, &self.inputs, cnp.PyArray_DATA(loglik),
+                             cnp.PyArray_DATA(saved))
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "forward")
+        return loglik, saved
+
+    def backward(self, cnp.ndarray saved, grad_loglik):
+        cdef cnp.ndarray w = np.ascontiguousarray(grad_loglik, dtype=self.dtype)
+        if w.ndim != 1 or w.shape[0] != self.problem.batch:
+            raise ValueError("grad_loglik must have shape (B,) with B=%d, got %s"
+                             % (self.problem.batch, tuple(np.shape(grad_loglik))))
+        cdef cnp.ndarray gi = np.empty(self.arrays[0].shape, self.dtype)
+        cdef cnp.ndarray gt = np.empty(self.arrays[1].shape, self.dtype)
+        cdef cnp.ndarray ge = np.empty(self.arrays[2].shape, self.dtype)
+        with nogil:
+            st = hmm_backward(&self.problem, &self.inputs, cnp.PyArray_DATA(saved),
+                              cnp.PyArray_DATA(w), cnp.PyArray_DATA(gi), cnp.PyArray_DATA(gt),
+                              cnp.PyArray_DATA(ge), NULL)
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "backward")
+        return gi, gt, ge
+
+    def posterior(self):
+        cdef cnp.ndarray gamma = np.empty(self.arrays[2].shape, self.dtype)
+        cdef cnp.ndarray counts = np.empty(self.arrays[1].shape, self.dtype)
+        cdef cnp.ndarray init_counts = np.empty(self.arrays[0].shape, self.dtype)
+        cdef cnp.ndarray loglik = np.empty(self.problem.batch, self.dtype)
+        with nogil:
+            st = hmm_posterior(&self.problem, &self.inputs, cnp.PyArray_DATA(gamma),
+                               cnp.PyArray_DATA(counts), cnp.PyArray_DATA(loglik),
+                               cnp.PyArray_DATA(init_counts), NULL)
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "posterior")
+        return gamma, counts, init_counts, loglik
+
+    def viterbi(self):
+        cdef cnp.ndarray path = np.empty((self.problem.batch, self.problem.time), np.int32)
+        cdef cnp.ndarray score = np.empty(self.problem.batch, self.dtype)
+        with nogil:
+            st = hmm_viterbi(&self.problem, &self.inputs, <int32_t*>cnp.PyArray_DATA(path),
+                             cnp.PyArray_DATA(score), NULL)
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "viterbi")
+        return path, score
+
+    def sample(self, int64_t num_samples, seed):
+        cdef cnp.ndarray s = np.ascontiguousarray(np.asarray(seed, dtype=np.int64)
+                                                  .astype(np.uint32).view(np.int32))
+        if s.shape[0] != 2:
+            raise ValueError("seed must hold two 32-bit integers, got %r" % (seed,))
+        cdef cnp.ndarray paths = np.empty((self.problem.batch, num_samples, self.problem.time),
+                                          np.int32)
+        with nogil:
+            st = hmm_sample(&self.problem, &self.inputs, num_samples,
+                            <const int32_t*>cnp.PyArray_DATA(s),
+                            <int32_t*>cnp.PyArray_DATA(paths), NULL)
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "sample")
+        return paths

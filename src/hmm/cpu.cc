@@ -1,0 +1,1301 @@
+/*
+ * gluon_hmm CPU driver: scaled forward/backward, posteriors, Viterbi and
+ * posterior sampling over a batch of sequences.
+ *
+ * Recursions (per sequence b of length L; A' = exp(log_trans - mA) with mA the
+ * largest finite entry of the matrix used at that step; u_t = exp(e_t - m_t)
+ * with m_t the largest finite emission at step t):
+ *
+ *   forward   p_0 = exp(log_init + e_0 - m_0)          c_0 = sum p_0   alpha_0 = p_0 / c_0
+ *             v_t = alpha_{t-1} A'   p_t = v_t * u_t    c_t = sum p_t   alpha_t = p_t / c_t
+ *             loglik = sum_t (log c_t + m_t + mA_t)     (mA_0 = 0)
+ *   backward  beta_{L-1} = 1
+ *             r_t = u_t * beta_t / c_t                  beta_{t-1} = A' r_t
+ *             gamma_t = alpha_t * beta_t                 (= d loglik / d log_emit[t])
+ *             xi_t[i,j] = alpha_{t-1,i} A'_ij r_t,j      (= d loglik / d log_trans[t][i,j])
+ *
+ * alpha_t and beta_t are the usual scaled variables (sum_j gamma_t = 1).  When
+ * a normaliser c_t falls below ScaleLimits<T>::min_norm() (or is not finite),
+ * or beta grows past a safe bound, the sequence is recomputed exactly by the
+ * float64 log-space recursions instead, so -inf structural zeros, emissions of
+ * -1e4 or positive log-densities never lose the answer.
+ *
+ * Work is spread over a persistent thread pool.  With a shared transition
+ * matrix, sequences of similar length run in lockstep groups of up to four so
+ * that each step is one small matrix product (G x N) (N x N) whose matrix rows
+ * are loaded once for the group.
+ */
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include "common.h"
+#include "cpu_simd.h"
+#include "drivers.h"
+
+namespace gluon_hmm {
+namespace cpu {
+
+using simd::vec_t;
+using simd::Vec;
+using simd::load;
+using simd::store;
+using simd::splat;
+
+/* ------------------------------------------------------------------------ */
+/* Scratch memory: a per-thread bump arena, reused across calls.             */
+/* ------------------------------------------------------------------------ */
+class Arena {
+ public:
+  ~Arena() { std::free(base_); }
+  void reset() { used_ = 0; }
+  // Returns 64-byte aligned memory; grows (keeping nothing) only when reset.
+  void* get(size_t bytes) {
+    bytes = (bytes + 63) / 64 * 64;
+    if (used_ + bytes > cap_) {
+      if (used_ != 0) {
+        // Cannot move live blocks: chain a new block, freed on the next reset.
+        void* extra = std::aligned_alloc(64, bytes);
+        if (!extra) throw std::bad_alloc();
+        spill_.emplace_back(extra, &std::free);
+        return extra;
+      }
+      std::free(base_);
+      cap_ = std::max(bytes, cap_ * 2);
+      base_ = static_cast<char*>(std::aligned_alloc(64, cap_));
+      if (!base_) { cap_ = 0; throw std::bad_alloc(); }
+    }
+    void* p = base_ + used_;
+    used_ += bytes;
+    return p;
+  }
+  template <typename T> T* array(int64_t n) { return static_cast<T*>(get(sizeof(T) * size_t(n))); }
+  void release_spill() {
+    // Fold chained blocks into one larger arena next time.
+    if (!spill_.empty()) {
+      size_t want = cap_ * 2;
+      spill_.clear();
+      std::free(base_);
+      base_ = nullptr;
+      cap_ = 0;
+      base_ = static_cast<char*>(std::aligned_alloc(64, want));
+      if (base_) cap_ = want;
+    }
+    // Do not keep huge scratch alive forever.
+    if (cap_ > (size_t(256) << 20)) { std::free(base_); base_ = nullptr; cap_ = 0; }
+    used_ = 0;
+  }
+
+ private:
+  char* base_ = nullptr;
+  size_t cap_ = 0, used_ = 0;
+  std::vector<std::unique_ptr<void, void (*)(void*)>> spill_;
+};
+
+struct ArenaScope {
+  Arena& a;
+  explicit ArenaScope(Arena& arena) : a(arena) { a.reset(); }
+  ~ArenaScope() { a.release_spill(); }
+};
+
+Arena& worker_arena() { thread_local Arena a; return a; }
+Arena& call_arena() { thread_local Arena a; return a; }
+
+/* ------------------------------------------------------------------------ */
+/* Thread pool.                                                              */
+/* ------------------------------------------------------------------------ */
+class Pool {
+ public:
+  // Runs job(tid) for tid in [0, n) on the caller and n-1 workers; returns when all are done.
+  // A second caller while the pool is busy runs its job serially (tid 0 only): callers'
+  // jobs must pull work dynamically, so one tid can do everything.
+  void run(int n, const std::function<void(int)>& job) {
+    if (n <= 1 || !busy_.try_lock()) { job(0); return; }
+    std::lock_guard<std::mutex> guard(busy_, std::adopt_lock);
+    ensure_workers(n - 1);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = &job;
+      active_ = n - 1;
+      pending_ = n - 1;
+      ++generation_;
+    }
+    cv_.notify_all();
+    job(0);
+    std::unique_lock<std::mutex> lk(mu_);
+    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void ensure_workers(int k) {
+    while (static_cast<int>(count_) < k) {
+      const int index = count_++;
+      std::thread([this, index] { loop(index); }).detach();
+    }
+  }
+  void loop(int index) {
+    int64_t seen = 0;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      seen = generation_;  // a worker joins from the next job on
+    }
+    for (;;) {
+      const std::function<void(int)>* job;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (index >= active_) continue;
+        job = job_;
+      }
+      (*job)(index + 1);
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--pending_ == 0) done_cv_.notify_all();
+    }
+  }
+
+  std::mutex busy_, mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int)>* job_ = nullptr;
+  int64_t generation_ = 0;
+  int active_ = 0, pending_ = 0;
+  std::atomic<int> count_{0};
+};
+
+/* The pool is per process: a forked child gets a fresh one (its parent's
+ * worker threads do not exist there).  Old pools are leaked on purpose. */
+Pool& pool() {
+  static std::mutex mu;
+  static Pool* p = nullptr;
+  static pid_t owner = 0;
+  std::lock_guard<std::mutex> lk(mu);
+  if (!p || owner != getpid()) { p = new Pool(); owner = getpid(); }
+  return *p;
+}
+
+std::atomic<int> g_default_threads{0};
+
+int default_threads() {
+  int n = g_default_threads.load();
+  if (n > 0) return n;
+  const char* env = std::getenv("GLUON_HMM_NUM_THREADS");
+  if (env && std::atoi(env) > 0) return std::atoi(env);
+  n = static_cast<int>(std::thread::hardware_concurrency());
+  return n > 0 ? n : 1;
+}
+
+/* Runs body(item, tid) for every item in [0, n) over up to `threads` threads.
+ * Work below ~0.2 MFLOP runs on the caller: waking workers costs more. */
+template <typename F>
+void parallel_for(int64_t n, int threads, double work, F body) {
+  int t = threads > 0 ? threads : default_threads();
+  if (t > n) t = static_cast<int>(n);
+  if (work < 2e5) t = 1;
+  if (t <= 1) {
+    for (int64_t i = 0; i < n; ++i) body(i, 0);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::function<void(int)> job = [&](int tid) {
+    ArenaScope scope(worker_arena());
+    for (int64_t i; (i = next.fetch_add(1)) < n;) body(i, tid);
+  };
+  pool().run(t, job);
+}
+
+int effective_threads(const hmm_problem_t* p) {
+  return p->num_threads > 0 ? p->num_threads : default_threads();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Typed views of one call's inputs.                                          */
+/* ------------------------------------------------------------------------ */
+template <typename T>
+struct Model {
+  int64_t B, T_, N, Np;
+  const T* init;
+  const T* trans;
+  const T* emit;
+  const void* lengths;
+  hmm_init_mode_t init_mode;
+  hmm_trans_mode_t trans_mode;
+  hmm_lengths_type_t lengths_type;
+
+  Model(const hmm_problem_t* p, const hmm_inputs_t* in)
+      : B(p->batch), T_(p->time), N(p->states), Np(padded_states(p->states, p->dtype)),
+        init(static_cast<const T*>(in->log_init)), trans(static_cast<const T*>(in->log_trans)),
+        emit(static_cast<const T*>(in->log_emit)), lengths(in->lengths),
+        init_mode(p->init_mode), trans_mode(p->trans_mode), lengths_type(p->lengths_type) {}
+
+  int64_t length(int64_t b) const {
+    if (lengths_type == HMM_LENGTHS_INT32) return static_cast<const int32_t*>(lengths)[b];
+    if (lengths_type == HMM_LENGTHS_INT64) return static_cast<const int64_t*>(lengths)[b];
+    return T_;
+  }
+  const T* init_of(int64_t b) const { return init_mode == HMM_INIT_SHARED ? init : init + b * N; }
+  // The matrix used to move into step t (t >= 1) of sequence b.
+  const T* trans_of(int64_t b, int64_t t) const {
+    if (trans_mode == HMM_TRANS_SHARED) return trans;
+    if (trans_mode == HMM_TRANS_PER_SEQUENCE) return trans + b * N * N;
+    return trans + (b * T_ + t) * N * N;
+  }
+  const T* emit_of(int64_t b, int64_t t) const { return emit + (b * T_ + t) * N; }
+};
+
+template <typename T>
+struct Saved {
+  T* base;
+  int64_t B, T_, Np;
+  int dtype;
+  int64_t N;
+  T* alpha(int64_t b, int64_t t) const { return base + (b * T_ + t) * Np; }
+  T& scale(int64_t b, int64_t t) const {
+    return base[saved_scale_offset(B, T_, N, dtype) + b * T_ + t];
+  }
+  T& flag(int64_t b) const { return base[saved_flag_offset(B, T_, N, dtype) + b]; }
+};
+
+template <typename T> constexpr int dtype_of();
+template <> constexpr int dtype_of<float>() { return HMM_FLOAT32; }
+template <> constexpr int dtype_of<double>() { return HMM_FLOAT64; }
+
+template <typename T> HMM_INLINE bool finite(T x) { return std::isfinite(x); }
+template <typename T> HMM_INLINE T neg_inf() { return -std::numeric_limits<T>::infinity(); }
+template <typename T> HMM_INLINE T beta_limit() { return std::numeric_limits<T>::max() / T(1e8); }
+
+/* ------------------------------------------------------------------------ */
+/* Per-step kernels (always inlined into the target_clones entry points).     */
+/* ------------------------------------------------------------------------ */
+
+// dst[0:Np] = exp(src - shift) for a padded row (entries >= N hold -inf).
+template <typename T>
+HMM_INLINE void exp_row(const T* src, T shift, int64_t Np, T* dst) {
+  constexpr int W = Vec<T>::W;
+  for (int64_t j = 0; j < Np; j += W) store(dst + j, simd::vexp<T>(load(src + j) - shift));
+}
+
+// Largest finite entry of x[0:n], or 0 when there is none.
+template <typename T>
+HMM_INLINE T finite_max(const T* x, int64_t n) {
+  T m = neg_inf<T>();
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = x[j];
+    if (v > m && v < std::numeric_limits<T>::infinity()) m = v;
+  }
+  return m == neg_inf<T>() ? T(0) : m;
+}
+
+// The emission row of a step in padded form: buf[j] = e[j] (+ add[j]) for j < N, -inf after.
+template <typename T>
+HMM_INLINE T load_emission(const T* e, const T* add, int64_t N, int64_t Np, T* buf) {
+  if (add) {
+    for (int64_t j = 0; j < N; ++j) buf[j] = e[j] + add[j];
+  } else {
+    std::memcpy(buf, e, sizeof(T) * N);
+  }
+  for (int64_t j = N; j < Np; ++j) buf[j] = neg_inf<T>();
+  return finite_max(buf, N);
+}
+
+// A' = exp(log_trans - mA) in padded (N x Np) layout, optionally with its transpose
+// At (N x Np: At[j][i] = A'[i][j]).  Returns mA.
+template <typename T>
+HMM_INLINE T prepare_trans(const T* lt, int64_t N, int64_t Np, T* A, T* At) {
+  const T mA = finite_max(lt, N * N);
+  for (int64_t i = 0; i < N; ++i) {
+    T* row = A + i * Np;
+    for (int64_t j = 0; j < N; ++j) row[j] = lt[i * N + j];
+    for (int64_t j = N; j < Np; ++j) row[j] = neg_inf<T>();
+    exp_row(row, mA, Np, row);
+  }
+  if (At) {
+    for (int64_t j = 0; j < N; ++j) {
+      T* row = At + j * Np;
+      for (int64_t i = 0; i < N; ++i) row[i] = A[i * Np + j];
+      for (int64_t i = N; i < Np; ++i) row[i] = 0;
+    }
+  }
+  return mA;
+}
+
+/* out[g][0:Np] = sum_{i<N} x[g][i] * M[i][0:Np] for g < G: a (G x N)(N x Np)
+ * product, register-blocked: NV vectors of columns, KS independent partial
+ * sums over i, so that G*NV*KS FMA chains are in flight. */
+template <typename T, int G, int NV, int KS>
+HMM_INLINE void gemm_cols(const T* const* x, const T* M, int64_t N, int64_t Np, int64_t c0,
+                          T* const* out) {
+  typedef vec_t<T> V;
+  V acc[KS][G][NV];
+  for (int k = 0; k < KS; ++k)
+    for (int g = 0; g < G; ++g)
+      for (int v = 0; v < NV; ++v) acc[k][g][v] = splat<T>(0);
+  int64_t i = 0;
+  for (; i + KS <= N; i += KS) {
+    for (int k = 0; k < KS; ++k) {
+      const T* row = M + (i + k) * Np + c0;
+      V a[NV];
+      for (int v = 0; v < NV; ++v) a[v] = load(row + v * Vec<T>::W);
+      for (int g = 0; g < G; ++g) {
+        const V xb = splat<T>(x[g][i + k]);
+        for (int v = 0; v < NV; ++v) acc[k][g][v] += xb * a[v];
+      }
+    }
+  }
+  for (; i < N; ++i) {
+    const T* row = M + i * Np + c0;
+    for (int g = 0; g < G; ++g) {
+      const V xb = splat<T>(x[g][i]);
+      for (int v = 0; v < NV; ++v) acc[0][g][v] += xb * load(row + v * Vec<T>::W);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < NV; ++v) {
+      V s = acc[0][g][v];
+      for (int k = 1; k < KS; ++k) s += acc[k][g][v];
+      store(out[g] + c0 + v * Vec<T>::W, s);
+    }
+}
+
+template <typename T, int G>
+HMM_INLINE void gemm(const T* const* x, const T* M, int64_t N, int64_t Np, T* const* out) {
+  constexpr int W = Vec<T>::W;
+  constexpr int NV = 2;
+  constexpr int KS = G >= 4 ? 1 : (G >= 2 ? 2 : 4);
+  int64_t c = 0;
+  for (; c + NV * W <= Np; c += NV * W) gemm_cols<T, G, NV, KS>(x, M, N, Np, c, out);
+  for (; c < Np; c += W) gemm_cols<T, G, 1, KS>(x, M, N, Np, c, out);
+}
+
+/* S[i][0:Np] += sum_g x[g][i] * r[g][0:Np]  (a rank-G update) */
+template <typename T, int G>
+HMM_INLINE void rank_update(const T* const* x, const T* const* r, int64_t N, int64_t Np, T* S) {
+  constexpr int W = Vec<T>::W;
+  for (int64_t i = 0; i < N; ++i) {
+    T xi[G];
+    bool any = false;
+    for (int g = 0; g < G; ++g) { xi[g] = x[g][i]; any |= xi[g] != 0; }
+    if (!any) continue;
+    T* srow = S + i * Np;
+    for (int64_t c = 0; c < Np; c += W) {
+      vec_t<T> s = load(srow + c);
+      for (int g = 0; g < G; ++g) s += splat<T>(xi[g]) * load(r[g] + c);
+      store(srow + c, s);
+    }
+  }
+}
+
+template <typename T>
+HMM_INLINE T row_sum(const T* x, int64_t Np) {
+  vec_t<T> s = splat<T>(0);
+  for (int64_t j = 0; j < Np; j += Vec<T>::W) s += load(x + j);
+  return simd::hsum<T>(s);
+}
+
+template <typename T>
+HMM_INLINE void mul_rows(const T* a, const T* b, T scale, int64_t Np, T* out) {
+  for (int64_t j = 0; j < Np; j += Vec<T>::W) store(out + j, load(a + j) * load(b + j) * scale);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Exact float64 log-space recursions (the fallback).                         */
+/* ------------------------------------------------------------------------ */
+inline double logsumexp(const double* x, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) if (x[i] > m) m = x[i];
+  if (std::isnan(m)) return m;
+  for (int64_t i = 0; i < n; ++i) if (std::isnan(x[i])) return x[i];
+  if (m == -INFINITY || m == INFINITY) return m;
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - m);
+  return m + std::log(s);
+}
+
+// la[t*N + j] = log alpha_t(j) for t < L; returns loglik.
+template <typename T>
+double log_forward(const Model<T>& M, int64_t b, int64_t L, double* la, double* tmp) {
+  const int64_t N = M.N;
+  if (L == 0) return 0.0;
+  const T* li = M.init_of(b);
+  const T* e0 = M.emit_of(b, 0);
+  for (int64_t j = 0; j < N; ++j) la[j] = double(li[j]) + double(e0[j]);
+  for (int64_t t = 1; t < L; ++t) {
+    const T* lt = M.trans_of(b, t);
+    const T* e = M.emit_of(b, t);
+    const double* prev = la + (t - 1) * N;
+    double* cur = la + t * N;
+    for (int64_t j = 0; j < N; ++j) {
+      for (int64_t i = 0; i < N; ++i) tmp[i] = prev[i] + double(lt[i * N + j]);
+      cur[j] = logsumexp(tmp, N) + double(e[j]);
+    }
+  }
+  return logsumexp(la + (L - 1) * N, N);
+}
+
+struct GradSinks {
+  // Destinations of one sequence's statistics, each scaled by w:
+  double* trans_acc;  // shared or per-sequence (N x N, row-major, float64); or NULL
+  void* trans_step;   // time-varying: grad_trans + b*T*N*N (dtype), or NULL
+  double* init_acc;   // N float64 accumulators (shared init), or NULL
+  void* init_row;     // per-sequence init gradient row (dtype), or NULL
+  void* emit_rows;    // grad_emit + b*T*N (dtype), or NULL
+};
+
+// Log-space backward of sequence b, scaled by w; adds (not writes) into trans_acc/init_acc.
+template <typename T>
+void log_backward(const Model<T>& M, int64_t b, int64_t L, double w, const GradSinks& out,
+                  double* la, double* tmp, double* lb_cur, double* lb_prev) {
+  const int64_t N = M.N, TT = M.T_;
+  T* ge = static_cast<T*>(out.emit_rows);
+  T* gts = static_cast<T*>(out.trans_step);
+  if (ge) std::fill(ge, ge + TT * N, T(0));
+  if (gts) std::fill(gts, gts + TT * N * N, T(0));
+  if (out.init_row) std::fill(static_cast<T*>(out.init_row), static_cast<T*>(out.init_row) + N, T(0));
+  if (L == 0) return;
+  const double ll = log_forward(M, b, L, la, tmp);
+  if (ll == -INFINITY) return;  // impossible sequence: zero statistics
+  for (int64_t j = 0; j < N; ++j) lb_cur[j] = 0.0;
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const double* lat = la + t * N;
+    for (int64_t j = 0; j < N; ++j) {
+      const double g = w * std::exp(lat[j] + lb_cur[j] - ll);
+      if (ge) ge[t * N + j] = T(g);
+      if (t == 0) {
+        if (out.init_acc) out.init_acc[j] += g;
+        if (out.init_row) static_cast<T*>(out.init_row)[j] = T(g);
+      }
+    }
+    if (t == 0) break;
+    const T* lt = M.trans_of(b, t);
+    const T* e = M.emit_of(b, t);
+    const double* lap = la + (t - 1) * N;
+    for (int64_t i = 0; i < N; ++i) {
+      for (int64_t j = 0; j < N; ++j) {
+        tmp[j] = double(lt[i * N + j]) + double(e[j]) + lb_cur[j];
+        const double xi = w * std::exp(lap[i] + tmp[j] - ll);
+        if (out.trans_acc) out.trans_acc[i * N + j] += xi;
+        if (gts) gts[t * N * N + i * N + j] = T(xi);
+      }
+      lb_prev[i] = logsumexp(tmp, N);
+    }
+    std::swap(lb_cur, lb_prev);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scaled forward over a lockstep group of G sequences.                      */
+/* ------------------------------------------------------------------------ */
+template <typename T>
+struct FwdShared {
+  const Model<T>* M;
+  Saved<T> S;
+  T* loglik;           // (B,) or NULL
+  const T* A;          // shared A' (N x Np), or NULL when it varies
+  T mA;
+};
+
+// Per-sequence transition state for non-shared matrices.
+template <typename T>
+struct TransCursor {
+  const Model<T>& M;
+  int64_t b;
+  T* A;       // scratch N x Np
+  T* At;      // scratch N x Np (backward only)
+  const T* shared_A;
+  const T* shared_At;
+  T shared_mA;
+  int64_t loaded = -1;
+  T mA = 0;
+  // A' (and A'^T) for moving into step t; returns mA.
+  HMM_INLINE const T* get(int64_t t, bool transpose, const T** at_out) {
+    if (M.trans_mode == HMM_TRANS_SHARED) {
+      if (at_out) *at_out = shared_At;
+      mA = shared_mA;
+      return shared_A;
+    }
+    const int64_t key = M.trans_mode == HMM_TRANS_PER_SEQUENCE ? 0 : t;
+    if (loaded != key) {
+      mA = prepare_trans(M.trans_of(b, t), M.N, M.Np, A, transpose ? At : nullptr);
+      loaded = key;
+    }
+    if (at_out) *at_out = At;
+    return A;
+  }
+};
+
+template <typename T, int G>
+HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& ar) {
+  const Model<T>& M = *F.M;
+  const int64_t N = M.N, Np = M.Np;
+  int64_t L[G];
+  int64_t maxL = 0;
+  double ll[G];
+  bool ok[G];
+  T* ebuf = ar.array<T>(Np);
+  T* ubuf = ar.array<T>(Np);
+  T* zero_row = ar.array<T>(Np);
+  T* junk[G];
+  std::fill(zero_row, zero_row + Np, T(0));
+  T* A = nullptr;
+  T* At_unused = nullptr;
+  if (M.trans_mode != HMM_TRANS_SHARED) A = ar.array<T>(N * Np);
+  TransCursor<T> cur{M, seq[0], A, At_unused, F.A, nullptr, F.mA};
+  for (int g = 0; g < G; ++g) {
+    L[g] = M.length(seq[g]);
+    maxL = std::max(maxL, L[g]);
+    ll[g] = 0.0;
+    ok[g] = true;
+    junk[g] = ar.array<T>(Np);
+  }
+  // t = 0
+  for (int g = 0; g < G; ++g) {
+    if (L[g] == 0) continue;
+    const int64_t b = seq[g];
+    const T m = load_emission(M.emit_of(b, 0), M.init_of(b), N, Np, ebuf);
+    T* a = F.S.alpha(b, 0);
+    exp_row(ebuf, m, Np, a);
+    const T c = row_sum(a, Np);
+    if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) { ok[g] = false; continue; }
+    const T inv = T(1) / c;
+    for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
+    F.S.scale(b, 0) = c;
+    ll[g] += std::log(double(c)) + double(m);
+  }
+  for (int64_t t = 1; t < maxL; ++t) {
+    const T* x[G];
+    T* y[G];
+    bool act[G];
+    for (int g = 0; g < G; ++g) {
+      act[g] = ok[g] && t < L[g];
+      x[g] = act[g] ? F.S.alpha(seq[g], t - 1) : zero_row;
+      y[g] = act[g] ? F.S.alpha(seq[g], t) : junk[g];
+    }
+    const T* At_dummy = nullptr;
+    const T* Am = cur.get(t, false, G == 1 ? nullptr : &At_dummy);
+    gemm<T, G>(x, Am, N, Np, y);
+    for (int g = 0; g < G; ++g) {
+      if (!act[g]) continue;
+      const int64_t b = seq[g];
+      const T m = load_emission(M.emit_of(b, t), static_cast<const T*>(nullptr), N, Np, ebuf);
+      exp_row(ebuf, m, Np, ubuf);
+      T* a = y[g];
+      for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * load(ubuf + j));
+      const T c = row_sum(a, Np);
+      if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) { ok[g] = false; continue; }
+      const T inv = T(1) / c;
+      for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
+      F.S.scale(b, t) = c;
+      ll[g] += std::log(double(c)) + double(m) + double(cur.mA);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const int64_t b = seq[g];
+    F.S.flag(b) = ok[g] ? T(0) : T(1);
+    if (!ok[g]) {
+      double* la = ar.array<double>(L[g] * N);
+      double* tmp = ar.array<double>(N);
+      ll[g] = log_forward(M, b, L[g], la, tmp);
+    }
+    if (F.loglik) F.loglik[b] = T(ll[g]);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scaled backward over a lockstep group.                                     */
+/* ------------------------------------------------------------------------ */
+template <typename T>
+struct BwdShared {
+  const Model<T>* M;
+  Saved<T> S;
+  const T* w;          // (B,) upstream weights
+  T* grad_init;        // or NULL
+  T* grad_trans;       // or NULL
+  T* grad_emit;        // or NULL (posterior needs gamma: never NULL there)
+  const T* A;          // shared A' and A'^T (N x Np), or NULL
+  const T* At;
+  T mA;
+};
+
+// Per-thread accumulators for shared parameters.
+struct ThreadAcc {
+  double* trans_pre;   // sum of alpha^T r, to be multiplied by A' (N x N)
+  double* trans_direct;  // log-space counts (N x N)
+  double* init;        // N
+};
+
+template <typename T>
+void backward_log_one(const BwdShared<T>& Bw, int64_t b, ThreadAcc* acc, Arena& ar) {
+  const Model<T>& M = *Bw.M;
+  const int64_t N = M.N, TT = M.T_, L = M.length(b);
+  const double w = double(Bw.w[b]);
+  double* direct = nullptr;
+  if (Bw.grad_trans && M.trans_mode == HMM_TRANS_SHARED) direct = acc->trans_direct;
+  if (Bw.grad_trans && M.trans_mode == HMM_TRANS_PER_SEQUENCE) {
+    direct = ar.array<double>(N * N);
+    std::fill(direct, direct + N * N, 0.0);
+  }
+  GradSinks sinks{direct,
+                  Bw.grad_trans && M.trans_mode == HMM_TRANS_TIME_VARYING
+                      ? Bw.grad_trans + b * TT * N * N : nullptr,
+                  Bw.grad_init && M.init_mode == HMM_INIT_SHARED ? acc->init : nullptr,
+                  Bw.grad_init && M.init_mode == HMM_INIT_PER_SEQUENCE ? Bw.grad_init + b * N
+                                                                       : nullptr,
+                  Bw.grad_emit ? Bw.grad_emit + b * TT * N : nullptr};
+  double* la = ar.array<double>(std::max<int64_t>(L, 1) * N);
+  double* tmp = ar.array<double>(N);
+  double* lb0 = ar.array<double>(N);
+  double* lb1 = ar.array<double>(N);
+  log_backward(M, b, L, w, sinks, la, tmp, lb0, lb1);
+  if (direct && M.trans_mode == HMM_TRANS_PER_SEQUENCE) {
+    T* gt = Bw.grad_trans + b * N * N;
+    for (int64_t k = 0; k < N * N; ++k) gt[k] = T(direct[k]);
+  }
+}
+
+/* Returns false (having written nothing to the shared accumulators) when the
+ * scaled recursion cannot be trusted for some member; the caller then redoes
+ * the members one at a time. */
+template <typename T, int G>
+HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, ThreadAcc* acc,
+                               Arena& ar) {
+  const Model<T>& M = *Bw.M;
+  const int64_t N = M.N, Np = M.Np, TT = M.T_;
+  const bool shared = M.trans_mode == HMM_TRANS_SHARED;
+  const bool tv = M.trans_mode == HMM_TRANS_TIME_VARYING;
+  int64_t L[G];
+  int64_t maxL = 0;
+  T w[G];
+  T* beta[G];
+  T* beta_next[G];
+  T* r[G];
+  T* xa[G];
+  T* junk[G];
+  T* ebuf = ar.array<T>(Np);
+  T* ubuf = ar.array<T>(Np);
+  T* zero_row = ar.array<T>(Np);
+  std::fill(zero_row, zero_row + Np, T(0));
+  for (int g = 0; g < G; ++g) {
+    L[g] = M.length(seq[g]);
+    maxL = std::max(maxL, L[g]);
+    w[g] = Bw.w[seq[g]];
+    beta[g] = ar.array<T>(Np);
+    beta_next[g] = ar.array<T>(Np);
+    r[g] = ar.array<T>(Np);
+    xa[g] = ar.array<T>(Np);
+    junk[g] = ar.array<T>(Np);
+    if (Bw.grad_emit) {
+      T* ge = Bw.grad_emit + seq[g] * TT * N;
+      std::fill(ge + L[g] * N, ge + TT * N, T(0));
+    }
+    if (Bw.grad_init && M.init_mode == HMM_INIT_PER_SEQUENCE)
+      std::fill(Bw.grad_init + seq[g] * N, Bw.grad_init + (seq[g] + 1) * N, T(0));
+    if (tv && Bw.grad_trans) {
+      T* gt = Bw.grad_trans + seq[g] * TT * N * N;
+      std::fill(gt, gt + N * N, T(0));  // [b, 0] is unused
+      std::fill(gt + std::max<int64_t>(L[g], 1) * N * N, gt + TT * N * N, T(0));
+    }
+  }
+  const bool want_trans = Bw.grad_trans != nullptr;
+  // Local accumulators for the pre-A' transition statistics: float blocks
+  // flushed to float64 every kFlush steps (keeps float32 sums accurate at long T).
+  constexpr int64_t kFlush = 128;
+  T* Sf = nullptr;
+  double* Sd = nullptr;
+  if (want_trans && !tv) {
+    Sf = ar.array<T>(N * Np);
+    Sd = ar.array<double>(N * N);
+    std::fill(Sf, Sf + N * Np, T(0));
+    std::fill(Sd, Sd + N * N, 0.0);
+  }
+  double init_local[1] = {0};
+  (void)init_local;
+  T* A = nullptr;
+  T* At = nullptr;
+  if (!shared) { A = ar.array<T>(N * Np); At = ar.array<T>(N * Np); }
+  TransCursor<T> cur{M, seq[0], A, At, Bw.A, Bw.At, Bw.mA};
+  const T big = beta_limit<T>();
+  int64_t since_flush = 0;
+  auto flush = [&]() {
+    if (!Sf) return;
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < N; ++j) { Sd[i * N + j] += double(Sf[i * Np + j]); Sf[i * Np + j] = 0; }
+    since_flush = 0;
+  };
+  for (int64_t t = maxL - 1; t >= 1; --t) {
+    const T* x[G];
+    const T* rr[G];
+    T* y[G];
+    bool act[G];
+    for (int g = 0; g < G; ++g) {
+      const int64_t b = seq[g];
+      act[g] = t < L[g];
+      if (!act[g]) { x[g] = zero_row; rr[g] = zero_row; y[g] = junk[g]; continue; }
+      if (t == L[g] - 1) {
+        for (int64_t j = 0; j < Np; ++j) beta[g][j] = j < N ? T(1) : T(0);
+      }
+      const T* a = Bw.S.alpha(b, t);
+      // gamma_t = alpha_t * beta_t (0 where alpha is 0, whatever beta holds)
+      if (Bw.grad_emit) {
+        T* ge = Bw.grad_emit + (b * TT + t) * N;
+        for (int64_t j = 0; j < N; ++j) ge[j] = a[j] == T(0) ? T(0) : w[g] * a[j] * beta[g][j];
+      }
+      const T m = load_emission(M.emit_of(b, t), static_cast<const T*>(nullptr), N, Np, ebuf);
+      exp_row(ebuf, m, Np, ubuf);
+      mul_rows(ubuf, beta[g], T(1) / Bw.S.scale(b, t), Np, r[g]);
+      const T* ap = Bw.S.alpha(b, t - 1);
+      for (int64_t j = 0; j < Np; j += Vec<T>::W) store(xa[g] + j, load(ap + j) * w[g]);
+      x[g] = xa[g];
+      rr[g] = r[g];
+      y[g] = beta_next[g];
+    }
+    const T* Atm = nullptr;
+    const T* Am = cur.get(t, true, &Atm);
+    if (want_trans) {
+      if (tv) {
+        // xi_t written straight to grad_trans[b, t] (G == 1 here).
+        for (int g = 0; g < G; ++g) {
+          if (!act[g]) continue;
+          T* gt = Bw.grad_trans + (seq[g] * TT + t) * N * N;
+          for (int64_t i = 0; i < N; ++i) {
+            const T xi_i = xa[g][i];
+            const T* arow = Am + i * Np;
+            for (int64_t j = 0; j < N; ++j) gt[i * N + j] = xi_i * arow[j] * r[g][j];
+          }
+        }
+      } else {
+        rank_update<T, G>(x, rr, N, Np, Sf);
+        if (++since_flush == kFlush) flush();
+      }
+    }
+    gemm<T, G>(rr, Atm, N, Np, y);
+    for (int g = 0; g < G; ++g) {
+      if (!act[g]) continue;
+      T mx = 0;
+      for (int64_t j = 0; j < N; ++j) mx = std::max(mx, y[g][j]);
+      if (!(mx <= big)) return false;  // overflow or NaN: let the caller redo it exactly
+      std::swap(beta[g], beta_next[g]);
+    }
+  }
+  // t = 0
+  for (int g = 0; g < G; ++g) {
+    if (L[g] == 0) continue;
+    if (L[g] == 1) {
+      for (int64_t j = 0; j < Np; ++j) beta[g][j] = j < N ? T(1) : T(0);
+    }
+    const int64_t b = seq[g];
+    const T* a = Bw.S.alpha(b, 0);
+    T* ge = Bw.grad_emit ? Bw.grad_emit + b * TT * N : nullptr;
+    for (int64_t j = 0; j < N; ++j) {
+      const T gam = a[j] == T(0) ? T(0) : w[g] * a[j] * beta[g][j];
+      if (ge) ge[j] = gam;
+      if (Bw.grad_init) {
+        if (M.init_mode == HMM_INIT_SHARED) acc->init[j] += double(gam);
+        else Bw.grad_init[b * N + j] = gam;
+      }
+    }
+  }
+  if (Sf) {
+    flush();
+    if (shared) {
+      for (int64_t k = 0; k < N * N; ++k) acc->trans_pre[k] += Sd[k];
+    } else {
+      // per-sequence matrix: grad = A' * S (G == 1 here)
+      const T* Am = cur.get(1, false, nullptr);
+      T* gt = Bw.grad_trans + seq[0] * N * N;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < N; ++j) gt[i * N + j] = T(double(Am[i * Np + j]) * Sd[i * N + j]);
+      if (L[0] <= 1) std::fill(gt, gt + N * N, T(0));
+    }
+  }
+  return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points compiled once per instruction set.                            */
+/* ------------------------------------------------------------------------ */
+#if defined(__x86_64__) && !defined(GLUON_HMM_NO_CLONES)
+#define HMM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HMM_CLONES
+#endif
+
+#define HMM_DEFINE_ITEMS(T, suffix)                                                         \
+  HMM_CLONES void forward_item_##suffix(const FwdShared<T>& F, const int64_t* seq, int g, \
+                                        Arena& ar) {                                      \
+    switch (g) {                                                                          \
+      case 4: forward_group<T, 4>(F, seq, ar); break;                                     \
+      case 3: forward_group<T, 3>(F, seq, ar); break;                                     \
+      case 2: forward_group<T, 2>(F, seq, ar); break;                                     \
+      default: forward_group<T, 1>(F, seq, ar); break;                                    \
+    }                                                                                     \
+  }                                                                                       \
+  HMM_CLONES bool backward_item_##suffix(const BwdShared<T>& Bw, const int64_t* seq,      \
+                                         int g, ThreadAcc* acc, Arena& ar) {              \
+    switch (g) {                                                                          \
+      case 4: return backward_group<T, 4>(Bw, seq, acc, ar);                              \
+      case 3: return backward_group<T, 3>(Bw, seq, acc, ar);                              \
+      case 2: return backward_group<T, 2>(Bw, seq, acc, ar);                              \
+      default: return backward_group<T, 1>(Bw, seq, acc, ar);                             \
+    }                                                                                     \
+  }
+
+HMM_DEFINE_ITEMS(float, f32)
+HMM_DEFINE_ITEMS(double, f64)
+
+inline void forward_item(const FwdShared<float>& F, const int64_t* s, int g, Arena& a) { forward_item_f32(F, s, g, a); }
+inline void forward_item(const FwdShared<double>& F, const int64_t* s, int g, Arena& a) { forward_item_f64(F, s, g, a); }
+inline bool backward_item(const BwdShared<float>& B, const int64_t* s, int g, ThreadAcc* c, Arena& a) { return backward_item_f32(B, s, g, c, a); }
+inline bool backward_item(const BwdShared<double>& B, const int64_t* s, int g, ThreadAcc* c, Arena& a) { return backward_item_f64(B, s, g, c, a); }
+
+/* ------------------------------------------------------------------------ */
+/* Batch drivers.                                                             */
+/* ------------------------------------------------------------------------ */
+
+// Sequences in lockstep groups: with a shared matrix, sorted by length (longest
+// first) and grouped by up to 4; otherwise one sequence per group.
+struct Groups {
+  std::vector<int64_t> order;
+  std::vector<int64_t> start;  // group k = order[start[k] .. start[k+1])
+};
+
+template <typename T>
+Groups make_groups(const Model<T>& M, bool skip_flagged, const Saved<T>* S) {
+  Groups gr;
+  std::vector<int64_t> all;
+  all.reserve(M.B);
+  for (int64_t b = 0; b < M.B; ++b) {
+    if (skip_flagged && S->flag(b) != T(0)) continue;
+    all.push_back(b);
+  }
+  const int gmax = M.trans_mode == HMM_TRANS_SHARED ? 4 : 1;
+  if (gmax > 1)
+    std::stable_sort(all.begin(), all.end(),
+                     [&](int64_t a, int64_t b) { return M.length(a) > M.length(b); });
+  gr.order = all;
+  for (size_t k = 0; k < all.size(); k += gmax) gr.start.push_back(static_cast<int64_t>(k));
+  gr.start.push_back(static_cast<int64_t>(all.size()));
+  return gr;
+}
+
+template <typename T>
+double flops_estimate(const Model<T>& M) {
+  return 2.0 * double(M.B) * double(M.T_) * double(M.N) * double(M.N) + 1.0;
+}
+
+template <typename T>
+void forward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, T* loglik, T* saved) {
+  Model<T> M(p, in);
+  ArenaScope scope(call_arena());
+  Arena& ca = call_arena();
+  FwdShared<T> F{&M, Saved<T>{saved, M.B, M.T_, M.Np, dtype_of<T>(), M.N}, loglik, nullptr, 0};
+  if (M.trans_mode == HMM_TRANS_SHARED) {
+    T* A = ca.array<T>(M.N * M.Np);
+    F.mA = prepare_trans(M.trans, M.N, M.Np, A, static_cast<T*>(nullptr));
+    F.A = A;
+  }
+  Groups gr = make_groups(M, false, &F.S);
+  const int64_t ng = static_cast<int64_t>(gr.start.size()) - 1;
+  parallel_for(ng, effective_threads(p), flops_estimate(M), [&](int64_t k, int) {
+    Arena& ar = worker_arena();
+    ar.reset();
+    forward_item(F, gr.order.data() + gr.start[k], int(gr.start[k + 1] - gr.start[k]), ar);
+  });
+}
+
+template <typename T>
+void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* saved,
+                   const T* w, T* grad_init, T* grad_trans, T* grad_emit) {
+  Model<T> M(p, in);
+  const int64_t N = M.N, Np = M.Np;
+  ArenaScope scope(call_arena());
+  Arena& ca = call_arena();
+  BwdShared<T> Bw{&M, Saved<T>{const_cast<T*>(saved), M.B, M.T_, Np, dtype_of<T>(), N},
+                  w, grad_init, grad_trans, grad_emit, nullptr, nullptr, 0};
+  if (M.trans_mode == HMM_TRANS_SHARED) {
+    T* A = ca.array<T>(N * Np);
+    T* At = ca.array<T>(N * Np);
+    Bw.mA = prepare_trans(M.trans, N, Np, A, At);
+    Bw.A = A;
+    Bw.At = At;
+  }
+  const int threads = std::max(1, effective_threads(p));
+  // Per-thread float64 accumulators for shared init / trans.
+  const int64_t acc_len = 2 * N * N + N;
+  double* acc_mem = ca.array<double>(acc_len * threads);
+  std::fill(acc_mem, acc_mem + acc_len * threads, 0.0);
+  std::vector<ThreadAcc> accs(threads);
+  for (int k = 0; k < threads; ++k)
+    accs[k] = ThreadAcc{acc_mem + k * acc_len, acc_mem + k * acc_len + N * N,
+                        acc_mem + k * acc_len + 2 * N * N};
+  Groups gr = make_groups(M, true, &Bw.S);
+  std::vector<int64_t> flagged;
+  for (int64_t b = 0; b < M.B; ++b) if (Bw.S.flag(b) != T(0)) flagged.push_back(b);
+  const int64_t ng = static_cast<int64_t>(gr.start.size()) - 1;
+  const int64_t nitems = ng + static_cast<int64_t>(flagged.size());
+  parallel_for(nitems, threads, 2 * flops_estimate(M), [&](int64_t k, int tid) {
+    Arena& ar = worker_arena();
+    ar.reset();
+    ThreadAcc* acc = &accs[tid];
+    if (k >= ng) { backward_log_one(Bw, flagged[k - ng], acc, ar); return; }
+    const int64_t* seq = gr.order.data() + gr.start[k];
+    const int g = int(gr.start[k + 1] - gr.start[k]);
+    if (backward_item(Bw, seq, g, acc, ar)) return;
+    // The group could not be trusted: redo its members one at a time, exactly where needed.
+    for (int m = 0; m < g; ++m) {
+      ar.reset();
+      if (g > 1 && backward_item(Bw, seq + m, 1, acc, ar)) continue;
+      ar.reset();
+      backward_log_one(Bw, seq[m], acc, ar);
+    }
+  });
+  if (grad_init && M.init_mode == HMM_INIT_SHARED) {
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int k = 0; k < threads; ++k) s += accs[k].init[j];
+      grad_init[j] = T(s);
+    }
+  }
+  if (grad_trans && M.trans_mode == HMM_TRANS_SHARED) {
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        double pre = 0, direct = 0;
+        for (int k = 0; k < threads; ++k) {
+          pre += accs[k].trans_pre[i * N + j];
+          direct += accs[k].trans_direct[i * N + j];
+        }
+        const double a = double(Bw.A[i * Np + j]);
+        grad_trans[i * N + j] = T((a == 0.0 ? 0.0 : a * pre) + direct);
+      }
+  }
+}
+
+template <typename T>
+void posterior_impl(const hmm_problem_t* p, const hmm_inputs_t* in, T* gamma, T* counts,
+                    T* loglik, T* init_counts) {
+  Model<T> M(p, in);
+  std::vector<T> saved(static_cast<size_t>(saved_elems(M.B, M.T_, M.N, dtype_of<T>())));
+  std::vector<T> ll(static_cast<size_t>(std::max<int64_t>(M.B, 1)));
+  std::vector<T> ones(static_cast<size_t>(std::max<int64_t>(M.B, 1)), T(1));
+  forward_impl<T>(p, in, ll.data(), saved.data());
+  if (loglik) std::copy(ll.begin(), ll.begin() + M.B, loglik);
+  backward_impl<T>(p, in, saved.data(), ones.data(), init_counts, counts, gamma);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Viterbi (float64 max-plus) and posterior sampling.                         */
+/* ------------------------------------------------------------------------ */
+template <typename T>
+void viterbi_one(const Model<T>& M, int64_t b, int32_t* path, T* score, const double* shared_lt,
+                 Arena& ar) {
+  const int64_t N = M.N, TT = M.T_, L = M.length(b);
+  int32_t* pb = path + b * TT;
+  for (int64_t t = L; t < TT; ++t) pb[t] = -1;
+  if (L == 0) { score[b] = T(0); return; }
+  double* delta = ar.array<double>(N);
+  double* next = ar.array<double>(N);
+  double* lt = shared_lt ? nullptr : ar.array<double>(N * N);
+  int32_t* bp = ar.array<int32_t>(L * N);
+  bool nan_seen = false;
+  const T* li = M.init_of(b);
+  const T* e0 = M.emit_of(b, 0);
+  for (int64_t j = 0; j < N; ++j) {
+    delta[j] = double(li[j]) + double(e0[j]);
+    nan_seen |= std::isnan(delta[j]);
+  }
+  int64_t loaded = -1;
+  for (int64_t t = 1; t < L; ++t) {
+    const double* m = shared_lt;
+    if (!m) {
+      const int64_t key = M.trans_mode == HMM_TRANS_PER_SEQUENCE ? 0 : t;
+      if (key != loaded) {
+        const T* src = M.trans_of(b, t);
+        for (int64_t k = 0; k < N * N; ++k) { lt[k] = double(src[k]); nan_seen |= std::isnan(lt[k]); }
+        loaded = key;
+      }
+      m = lt;
+    }
+    int32_t* bpt = bp + t * N;
+    for (int64_t j = 0; j < N; ++j) { next[j] = -INFINITY; bpt[j] = 0; }
+    for (int64_t i = 0; i < N; ++i) {
+      const double di = delta[i];
+      const double* row = m + i * N;
+      for (int64_t j = 0; j < N; ++j) {
+        const double cand = di + row[j];
+        const bool better = cand > next[j];  // strict: the lower i wins ties
+        next[j] = better ? cand : next[j];
+        bpt[j] = better ? int32_t(i) : bpt[j];
+      }
+    }
+    const T* e = M.emit_of(b, t);
+    for (int64_t j = 0; j < N; ++j) {
+      delta[j] = next[j] + double(e[j]);
+      nan_seen |= std::isnan(delta[j]);
+    }
+  }
+  int32_t best = 0;
+  double bs = -INFINITY;
+  for (int64_t j = 0; j < N; ++j)
+    if (delta[j] > bs) { bs = delta[j]; best = int32_t(j); }
+  pb[L - 1] = best;
+  for (int64_t t = L - 1; t >= 1; --t) pb[t - 1] = bp[t * N + pb[t]];
+  score[b] = nan_seen ? T(NAN) : T(bs);
+}
+
+template <typename T>
+void viterbi_impl(const hmm_problem_t* p, const hmm_inputs_t* in, int32_t* path, T* score) {
+  Model<T> M(p, in);
+  ArenaScope scope(call_arena());
+  double* shared_lt = nullptr;
+  bool shared_nan = false;
+  if (M.trans_mode == HMM_TRANS_SHARED) {
+    shared_lt = call_arena().array<double>(M.N * M.N);
+    for (int64_t k = 0; k < M.N * M.N; ++k) {
+      shared_lt[k] = double(M.trans[k]);
+      shared_nan |= std::isnan(shared_lt[k]);
+    }
+  }
+  parallel_for(M.B, effective_threads(p), flops_estimate(M), [&](int64_t b, int) {
+    Arena& ar = worker_arena();
+    ar.reset();
+    viterbi_one(M, b, path, score, shared_lt, ar);
+    if (shared_nan && M.length(b) > 1) score[b] = T(NAN);
+  });
+}
+
+// Index k of the first cumulative weight exceeding u * total; -1 when total is not positive.
+inline int32_t draw(const double* wts, int64_t n, double u) {
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += wts[i];
+  if (!(total > 0) || !std::isfinite(total)) return -1;
+  const double target = u * total;
+  double c = 0;
+  int32_t last = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (wts[i] > 0) last = int32_t(i);
+    c += wts[i];
+    if (c > target && wts[i] > 0) return int32_t(i);
+  }
+  return last;
+}
+
+template <typename T>
+void sample_one(const Model<T>& M, int64_t b, int64_t S, const int32_t* seed, int32_t* paths,
+                const T* sharedA, T sharedmA, Arena& ar) {
+  const int64_t N = M.N, Np = M.Np, TT = M.T_, L = M.length(b);
+  for (int64_t s = 0; s < S; ++s) {
+    int32_t* ps = paths + (b * S + s) * TT;
+    for (int64_t t = L; t < TT; ++t) ps[t] = -1;
+  }
+  if (L == 0) return;
+  // Forward filter into a one-sequence saved buffer.
+  const int64_t selems = saved_elems(1, L, N, dtype_of<T>());
+  T* sbuf = ar.array<T>(selems);
+  Saved<T> sv{sbuf, 1, L, Np, dtype_of<T>(), N};
+  hmm_inputs_t one{};
+  Model<T> M1 = M;
+  // View sequence b as a batch of one of length L.
+  M1.B = 1;
+  M1.T_ = L;
+  const int64_t len = L;
+  M1.lengths = &len;
+  M1.lengths_type = HMM_LENGTHS_INT64;
+  M1.emit = M.emit_of(b, 0);
+  M1.init = M.init_of(b);
+  M1.init_mode = HMM_INIT_SHARED;
+  if (M.trans_mode == HMM_TRANS_PER_SEQUENCE) { M1.trans = M.trans_of(b, 0); M1.trans_mode = HMM_TRANS_SHARED; }
+  if (M.trans_mode == HMM_TRANS_TIME_VARYING) M1.trans = M.trans + b * TT * N * N;
+  (void)one;
+  T* A = nullptr;
+  T mA = sharedmA;
+  if (M.trans_mode == HMM_TRANS_SHARED) {
+    A = const_cast<T*>(sharedA);
+  } else if (M.trans_mode == HMM_TRANS_PER_SEQUENCE) {
+    A = ar.array<T>(N * Np);
+    mA = prepare_trans(M1.trans, N, Np, A, static_cast<T*>(nullptr));
+  }
+  FwdShared<T> F{&M1, sv, nullptr, A, mA};
+  const int64_t zero = 0;
+  forward_item(F, &zero, 1, ar);
+  const bool logspace = sv.flag(0) != T(0);
+  double* la = nullptr;
+  double* tmp = ar.array<double>(N);
+  double* wts = ar.array<double>(N);
+  if (logspace) {
+    la = ar.array<double>(L * N);
+    if (log_forward(M1, 0, L, la, tmp) == -INFINITY) {
+      for (int64_t s = 0; s < S; ++s) {
+        int32_t* ps = paths + (b * S + s) * TT;
+        for (int64_t t = 0; t < L; ++t) ps[t] = -1;
+      }
+      return;
+    }
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    int32_t* ps = paths + (b * S + s) * TT;
+    const uint64_t key = stream_key(seed[0], seed[1], b, s);
+    // z_{L-1} ~ alpha_{L-1}
+    if (logspace) {
+      const double* row = la + (L - 1) * N;
+      double mx = -INFINITY;
+      for (int64_t i = 0; i < N; ++i) mx = std::max(mx, row[i]);
+      for (int64_t i = 0; i < N; ++i) wts[i] = std::exp(row[i] - mx);
+    } else {
+      const T* a = sv.alpha(0, L - 1);
+      for (int64_t i = 0; i < N; ++i) wts[i] = double(a[i]);
+    }
+    int32_t z = draw(wts, N, uniform01(key, L - 1));
+    ps[L - 1] = z;
+    for (int64_t t = L - 1; t >= 1 && z >= 0; --t) {
+      const T* lt = M1.trans_of(0, t);
+      double mx = -INFINITY;
+      for (int64_t i = 0; i < N; ++i) mx = std::max(mx, double(lt[i * N + z]));
+      if (mx == -INFINITY) mx = 0;
+      for (int64_t i = 0; i < N; ++i) {
+        const double tr = std::exp(double(lt[i * N + z]) - mx);
+        if (logspace) {
+          tmp[i] = la[(t - 1) * N + i];
+        } else {
+          wts[i] = double(sv.alpha(0, t - 1)[i]) * tr;
+        }
+        if (logspace) tmp[i] += double(lt[i * N + z]);
+      }
+      if (logspace) {
+        double m2 = -INFINITY;
+        for (int64_t i = 0; i < N; ++i) m2 = std::max(m2, tmp[i]);
+        for (int64_t i = 0; i < N; ++i) wts[i] = std::exp(tmp[i] - m2);
+      }
+      z = draw(wts, N, uniform01(key, t - 1));
+      ps[t - 1] = z;
+    }
+    if (z < 0)  // numerically impossible path (NaN inputs): mark the whole sample
+      for (int64_t t = 0; t < L; ++t) ps[t] = -1;
+  }
+}
+
+template <typename T>
+void sample_impl(const hmm_problem_t* p, const hmm_inputs_t* in, int64_t S, const int32_t* seed,
+                 int32_t* paths) {
+  Model<T> M(p, in);
+  ArenaScope scope(call_arena());
+  T* A = nullptr;
+  T mA = 0;
+  if (M.trans_mode == HMM_TRANS_SHARED) {
+    A = call_arena().array<T>(M.N * M.Np);
+    mA = prepare_trans(M.trans, M.N, M.Np, A, static_cast<T*>(nullptr));
+  }
+  parallel_for(M.B, effective_threads(p), flops_estimate(M) * (1 + 0.1 * double(S)),
+               [&](int64_t b, int) {
+                 Arena& ar = worker_arena();
+                 ar.reset();
+                 sample_one(M, b, S, seed, paths, A, mA, ar);
+               });
+}
+
+template <typename F>
+hmm_status_t guarded(F f) {
+  try {
+    f();
+    return HMM_STATUS_SUCCESS;
+  } catch (const std::bad_alloc&) {
+    return HMM_STATUS_TOO_LARGE;
+  }
+}
+
+}  // namespace cpu
+}  // namespace gluon_hmm
+
+using namespace gluon_hmm::cpu;
+
+extern "C" {
+
+void hmm_cpu_set_default_threads(int n) { g_default_threads.store(n > 0 ? n : 0); }
+int hmm_cpu_default_threads(void) { return default_threads(); }
+
+hmm_status_t hmm_cpu_backward_workspace_size(const hmm_problem_t*, size_t* bytes) {
+  *bytes = 0;  // the CPU driver uses per-thread arenas
+  return HMM_STATUS_SUCCESS;
+}
+hmm_status_t hmm_cpu_posterior_workspace_size(const hmm_problem_t*, size_t* bytes) {
+  *bytes = 0;
+  return HMM_STATUS_SUCCESS;
+}
+hmm_status_t hmm_cpu_viterbi_workspace_size(const hmm_problem_t*, size_t* bytes) {
+  *bytes = 0;
+  return HMM_STATUS_SUCCESS;
+}
+hmm_status_t hmm_cpu_sample_workspace_size(const hmm_problem_t*, int64_t, size_t* bytes) {
+  *bytes = 0;
+  return HMM_STATUS_SUCCESS;
+}
+
+hmm_status_t hmm_cpu_forward(const hmm_problem_t* p, const hmm_inputs_t* in, void* loglik,
+                             void* saved) {
+  return guarded([&] {
+    if (p->dtype == HMM_FLOAT32)
+      forward_impl<float>(p, in, static_cast<float*>(loglik), static_cast<float*>(saved));
+    else
+      forward_impl<double>(p, in, static_cast<double*>(loglik), static_cast<double*>(saved));
+  });
+}
+
+hmm_status_t hmm_cpu_backward(const hmm_problem_t* p, const hmm_inputs_t* in, const void* saved,
+                              const void* grad_loglik, void* grad_init, void* grad_trans,
+                              void* grad_emit, void*) {
+  return guarded([&] {
+    if (p->dtype == HMM_FLOAT32)
+      backward_impl<float>(p, in, static_cast<const float*>(saved),
+                           static_cast<const float*>(grad_loglik), static_cast<float*>(grad_init),
+                           static_cast<float*>(grad_trans), static_cast<float*>(grad_emit));
+    else
+      backward_impl<double>(p, in, static_cast<const double*>(saved),
+                            static_cast<const double*>(grad_loglik),
+                            static_cast<double*>(grad_init), static_cast<double*>(grad_trans),
+                            static_cast<double*>(grad_emit));
+  });
+}
+
+hmm_status_t hmm_cpu_posterior(const hmm_problem_t* p, const hmm_inputs_t* in, void* gamma,
+                               void* trans_counts, void* loglik, void* init_counts, void*) {
+  return guarded([&] {
+    if (p->dtype == HMM_FLOAT32)
+      posterior_impl<float>(p, in, static_cast<float*>(gamma), static_cast<float*>(trans_counts),
+                            static_cast<float*>(loglik), static_cast<float*>(init_counts));
+    else
+      posterior_impl<double>(p, in, static_cast<double*>(gamma),
+                             static_cast<double*>(trans_counts), static_cast<double*>(loglik),
+                             static_cast<double*>(init_counts));
+  });
+}
+
+hmm_status_t hmm_cpu_viterbi(const hmm_problem_t* p, const hmm_inputs_t* in, int32_t* path,
+                             void* score, void*) {
+  return guarded([&] {
+    if (p->dtype == HMM_FLOAT32)
+      viterbi_impl<float>(p, in, path, static_cast<float*>(score));
+    else
+      viterbi_impl<double>(p, in, path, static_cast<double*>(score));
+  });
+}
+
+hmm_status_t hmm_cpu_sample(const hmm_problem_t* p, const hmm_inputs_t* in, int64_t num_samples,
+                            const int32_t* seed, int32_t* paths, void*) {
+  return guarded([&] {
+    if (p->dtype == HMM_FLOAT32)
+      sample_impl<float>(p, in, num_samples, seed, paths);
+    else
+      sample_impl<double>(p, in, num_samples, seed, paths);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,96 @@
+/*
+ * gluon_hmm CPU engine: small SIMD building blocks.
+ *
+ * Written with GCC/Clang vector extensions on 32-byte vectors (8 floats or 4
+ * doubles).  Every function is always-inline, so it takes the instruction set
+ * of the function it is inlined into: cpu.cc compiles its per-sequence kernels
+ * with target_clones (AVX-512, AVX2+FMA, baseline) and the loader picks one at
+ * run time.
+ */
+#ifndef GLUON_HMM_CPU_SIMD_H_
+#define GLUON_HMM_CPU_SIMD_H_
+
+#include <stdint.h>
+#include <string.h>
+
+#include <limits>
+
+#define HMM_INLINE inline __attribute__((always_inline))
+
+namespace gluon_hmm {
+namespace simd {
+
+template <typename T> struct Vec;
+template <> struct Vec<float> {
+  typedef float type __attribute__((vector_size(32)));
+  typedef float utype __attribute__((vector_size(32), aligned(4)));   // unaligned access
+  typedef int32_t itype __attribute__((vector_size(32)));
+  static constexpr int W = 8;
+};
+template <> struct Vec<double> {
+  typedef double type __attribute__((vector_size(32)));
+  typedef double utype __attribute__((vector_size(32), aligned(8)));
+  typedef int64_t itype __attribute__((vector_size(32)));
+  static constexpr int W = 4;
+};
+
+template <typename T> using vec_t = typename Vec<T>::type;
+
+template <typename T> HMM_INLINE vec_t<T> load(const T* p) {
+  return *reinterpret_cast<const typename Vec<T>::utype*>(p);
+}
+template <typename T> HMM_INLINE void store(T* p, vec_t<T> v) {
+  *reinterpret_cast<typename Vec<T>::utype*>(p) = v;
+}
+template <typename T> HMM_INLINE vec_t<T> splat(T x) { return vec_t<T>{} + x; }
+
+template <typename T> HMM_INLINE T hsum(vec_t<T> v) {
+  T s = 0;
+  for (int k = 0; k < Vec<T>::W; ++k) s += v[k];
+  return s;
+}
+
+/* exp(x) for x <= 0 (the only range the engine needs: values minus their max),
+ * -inf -> 0 exactly, NaN -> NaN, +inf -> +inf.  Relative error ~2 ulp.
+ * Range reduction x = n ln2 + r, |r| <= ln2/2, then a Taylor polynomial. */
+template <typename T> struct ExpConst;
+template <> struct ExpConst<float> {
+  static constexpr float lo = -87.0f, hi = 88.0f;
+  static constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
+  static constexpr int terms = 8, mant = 23, bias = 127;
+};
+template <> struct ExpConst<double> {
+  static constexpr double lo = -708.0, hi = 709.0;
+  static constexpr double ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10;
+  static constexpr int terms = 13, mant = 52, bias = 1023;
+};
+
+template <typename T> HMM_INLINE vec_t<T> vexp(vec_t<T> x) {
+  typedef ExpConst<T> C;
+  typedef typename Vec<T>::itype vi;
+  const vec_t<T> xl = x < C::lo ? splat<T>(C::lo) : x;
+  const vec_t<T> xc = xl > C::hi ? splat<T>(C::hi) : xl;
+  // n = round(x / ln2) via the add-magic-number trick
+  const T magic = static_cast<T>(1.5) * static_cast<T>(1ull << C::mant);
+  vec_t<T> n = xc * static_cast<T>(1.4426950408889634) + magic;
+  n = n - magic;
+  const vec_t<T> r = (xc - n * C::ln2_hi) - n * C::ln2_lo;
+  // Horner: sum_{k<terms} r^k / k!
+  vec_t<T> p = splat<T>(static_cast<T>(1));
+  for (int k = C::terms - 1; k >= 1; --k)
+    p = p * (r * (static_cast<T>(1) / static_cast<T>(k))) + static_cast<T>(1);
+  // 2^n by building the exponent field
+  const vi ni = __builtin_convertvector(n, vi);
+  const vi bits = (ni + C::bias) << C::mant;
+  vec_t<T> scale;
+  memcpy(&scale, &bits, sizeof(scale));
+  vec_t<T> y = p * scale;
+  y = x < C::lo ? splat<T>(0) : y;
+  y = x > C::hi ? splat<T>(std::numeric_limits<T>::infinity()) : y;
+  return x != x ? x : y;  // NaN stays NaN
+}
+
+}  // namespace simd
+}  // namespace gluon_hmm
+
+#endif  // GLUON_HMM_CPU_SIMD_H_

@@ -1,0 +1,41 @@
+/*
+ * gluon_hmm engine: the drivers behind the C ABI.
+ *
+ * capi.cc validates an hmm_problem_t once, then calls the CPU driver
+ * (cpu.cc) or, in builds with CUDA (GLUON_HMM_WITH_CUDA), the CUDA driver
+ * (cuda.cu).  Both implement the same functions with the semantics documented
+ * in hmm.h and the saved-state layout of common.h.  Arguments arrive checked:
+ * non-NULL where required, sizes within range.
+ */
+#ifndef GLUON_HMM_DRIVERS_H_
+#define GLUON_HMM_DRIVERS_H_
+
+#include "hmm.h"
+
+#define HMM_DECLARE_DRIVER(prefix)                                                         \
+  hmm_status_t prefix##_backward_workspace_size(const hmm_problem_t* p, size_t* bytes);     \
+  hmm_status_t prefix##_posterior_workspace_size(const hmm_problem_t* p, size_t* bytes);    \
+  hmm_status_t prefix##_viterbi_workspace_size(const hmm_problem_t* p, size_t* bytes);      \
+  hmm_status_t prefix##_sample_workspace_size(const hmm_problem_t* p, int64_t num_samples,  \
+                                              size_t* bytes);                               \
+  hmm_status_t prefix##_forward(const hmm_problem_t* p, const hmm_inputs_t* in,             \
+                                void* loglik, void* saved);                                 \
+  hmm_status_t prefix##_backward(const hmm_problem_t* p, const hmm_inputs_t* in,            \
+                                 const void* saved, const void* grad_loglik,                \
+                                 void* grad_init, void* grad_trans, void* grad_emit,        \
+                                 void* workspace);                                          \
+  hmm_status_t prefix##_posterior(const hmm_problem_t* p, const hmm_inputs_t* in,           \
+                                  void* gamma, void* trans_counts, void* loglik,            \
+                                  void* init_counts, void* workspace);                      \
+  hmm_status_t prefix##_viterbi(const hmm_problem_t* p, const hmm_inputs_t* in,             \
+                                int32_t* path, void* score, void* workspace);               \
+  hmm_status_t prefix##_sample(const hmm_problem_t* p, const hmm_inputs_t* in,              \
+                               int64_t num_samples, const int32_t* seed, int32_t* paths,    \
+                               void* workspace);
+
+extern "C" {
+HMM_DECLARE_DRIVER(hmm_cpu)
+HMM_DECLARE_DRIVER(hmm_cuda)
+}
+
+#endif  // GLUON_HMM_DRIVERS_H_
