@@ -8,6 +8,7 @@
 Set ``GLUON_HMM_CUDA=1`` to compile the CUDA driver too (nvcc from CUDA_HOME,
 static cudart, sm_75 and newer plus PTX).  CPU-only builds are the default.
 """
+import glob
 import importlib.util
 import os
 import shutil
@@ -60,19 +61,48 @@ def nvcc_path():
 class BuildWithOpLibrary(build_ext):
     """build_ext that also links the MXNet operator library."""
 
-    def run(self):
-        super().run()
+    def build_extensions(self):
+        # The engine is compiled once and linked into both front ends.
+        macros = [("GLUON_HMM_WITH_CUDA", "1")] if want_cuda() else []
+        self.engine_objects = self.compiler.compile(
+            ENGINE_SOURCES, output_dir=os.path.join(self.build_temp, "engine"), macros=macros,
+            include_dirs=["src/hmm"], extra_postargs=CXXFLAGS)
+        if want_cuda():
+            self.engine_objects.append(self.compile_cuda())
+        for ext in self.extensions:
+            ext.extra_objects = list(self.engine_objects)
+            if want_cuda():
+                ext.libraries = ["cudart_static", "rt", "dl"]
+                ext.library_dirs = self.cuda_lib_dirs()
+        super().build_extensions()
         self.build_op_library()
+
+    def cuda_lib_dirs(self):
+        home = nvcc_path()[1]
+        return [os.path.join(home, "lib64"), os.path.join(home, "lib")]
+
+    def compile_cuda(self):
+        nvcc, _ = nvcc_path()
+        obj = os.path.join(self.build_temp, "engine", "cuda.o")
+        os.makedirs(os.path.dirname(obj), exist_ok=True)
+        gencode = []
+        for a in CUDA_ARCHS:
+            gencode += ["-gencode", "arch=compute_%s,code=sm_%s" % (a, a)]
+        gencode += ["-gencode", "arch=compute_%s,code=compute_%s" % (CUDA_ARCHS[-1], CUDA_ARCHS[-1])]
+        subprocess.check_call([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
+                               "-DGLUON_HMM_WITH_CUDA=1", "-Isrc/hmm"] + gencode +
+                              ["-c", "src/hmm/cuda.cu", "-o", obj])
+        return obj
 
     def build_op_library(self):
         mx = mxnet_dir()
         cc = self.compiler
         tmp = os.path.join(self.build_temp, "oplib")
         os.makedirs(tmp, exist_ok=True)
-        macros = [("GLUON_HMM_WITH_CUDA", "1")] if want_cuda() else []
         includes = [os.path.join(mx, "include"), "src/hmm", "src"]
-        objects = cc.compile(ENGINE_SOURCES + ["src/mxnet/ops.cc"], output_dir=tmp, macros=macros,
+        objects = cc.compile(["src/mxnet/ops.cc"], output_dir=tmp,
                              include_dirs=includes, extra_postargs=CXXFLAGS)
+        objects += list(self.engine_objects)
         # lib_api.cc as shipped, with its leaking _msgGet renamed out of the way
         # (src/mxnet/ops.cc exports the replacement).
         objects += cc.compile([os.path.join(mx, "src", "lib_api.cc")],
@@ -81,18 +111,8 @@ class BuildWithOpLibrary(build_ext):
                               include_dirs=includes, extra_postargs=CXXFLAGS + ["-w"])
         libs, lib_dirs = [], []
         if want_cuda():
-            nvcc, home = nvcc_path()
-            obj = os.path.join(tmp, "cuda.o")
-            gencode = []
-            for a in CUDA_ARCHS:
-                gencode += ["-gencode", "arch=compute_%s,code=sm_%s" % (a, a)]
-            gencode += ["-gencode", "arch=compute_%s,code=compute_%s" % (CUDA_ARCHS[-1], CUDA_ARCHS[-1])]
-            subprocess.check_call([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
-                                   "-DGLUON_HMM_WITH_CUDA=1", "-Isrc/hmm"] + gencode +
-                                  ["-c", "src/hmm/cuda.cu", "-o", obj])
-            objects.append(obj)
             libs = ["cudart_static", "rt", "dl"]
-            lib_dirs = [os.path.join(home, "lib64"), os.path.join(home, "lib")]
+            lib_dirs = self.cuda_lib_dirs()
         out_dir = os.path.join(self.build_lib, "gluon_hmm") if not self.inplace else \
             os.path.join(HERE, "gluon_hmm")
         os.makedirs(out_dir, exist_ok=True)
@@ -103,7 +123,9 @@ class BuildWithOpLibrary(build_ext):
 
 native = Extension(
     "gluon_hmm._native",
-    sources=["gluon_hmm/_native.pyx"] + ENGINE_SOURCES,
+    sources=["gluon_hmm/_native.pyx"],
+    # relink when the engine (linked in as extra objects) changes
+    depends=ENGINE_SOURCES + glob.glob("src/hmm/*.h") + glob.glob("src/hmm/*.cu"),
     include_dirs=[numpy.get_include(), "src/hmm"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=CXXFLAGS,

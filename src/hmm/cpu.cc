@@ -139,18 +139,20 @@ class Pool {
   }
 
  private:
+  // Called before the job's generation is published: a new worker starts from
+  // the current generation, so it takes part in the job about to start.
   void ensure_workers(int k) {
     while (static_cast<int>(count_) < k) {
       const int index = count_++;
-      std::thread([this, index] { loop(index); }).detach();
+      int64_t gen;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        gen = generation_;
+      }
+      std::thread([this, index, gen] { loop(index, gen); }).detach();
     }
   }
-  void loop(int index) {
-    int64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      seen = generation_;  // a worker joins from the next job on
-    }
+  void loop(int index, int64_t seen) {
     for (;;) {
       const std::function<void(int)>* job;
       {
@@ -562,15 +564,20 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   for (int g = 0; g < G; ++g) {
     if (L[g] == 0) continue;
     const int64_t b = seq[g];
-    const T m = load_emission(M.emit_of(b, 0), M.init_of(b), N, Np, ebuf);
+    // p_0 = exp(log_init - mi) * exp(e_0 - m): shifted separately, since adding a
+    // small log_init to an emission of -1e4 in float32 would round it away.
+    const T mi = load_emission(M.init_of(b), static_cast<const T*>(nullptr), N, Np, ebuf);
     T* a = F.S.alpha(b, 0);
-    exp_row(ebuf, m, Np, a);
+    exp_row(ebuf, mi, Np, a);
+    const T m = load_emission(M.emit_of(b, 0), static_cast<const T*>(nullptr), N, Np, ebuf);
+    exp_row(ebuf, m, Np, ubuf);
+    for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * load(ubuf + j));
     const T c = row_sum(a, Np);
     if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) { ok[g] = false; continue; }
     const T inv = T(1) / c;
     for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
     F.S.scale(b, 0) = c;
-    ll[g] += std::log(double(c)) + double(m);
+    ll[g] += std::log(double(c)) + double(m) + double(mi);
   }
   for (int64_t t = 1; t < maxL; ++t) {
     const T* x[G];
@@ -700,7 +707,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
     }
     if (Bw.grad_init && M.init_mode == HMM_INIT_PER_SEQUENCE)
       std::fill(Bw.grad_init + seq[g] * N, Bw.grad_init + (seq[g] + 1) * N, T(0));
-    if (tv && Bw.grad_trans) {
+    if (tv && Bw.grad_trans && TT > 0) {
       T* gt = Bw.grad_trans + seq[g] * TT * N * N;
       std::fill(gt, gt + N * N, T(0));  // [b, 0] is unused
       std::fill(gt + std::max<int64_t>(L[g], 1) * N * N, gt + TT * N * N, T(0));

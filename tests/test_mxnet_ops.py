@@ -1,0 +1,228 @@
+"""The MXNet operators: NDArray + autograd, Symbol, hybridize, export/import, errors.
+
+Numerics are compared with the float64 reference (itself proven against
+brute-force enumeration in test_reference.py).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_hmm as gh
+from cases import SMALL_SIZES, iter_cases, load_reference, make_problem, tol
+
+ref = load_reference()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def nd(p, with_lengths=True):
+    arrays = [mx.nd.array(a, dtype=a.dtype) for a in p.args[:3]]
+    lengths = mx.nd.array(p.lengths, dtype=p.lengths.dtype) if with_lengths else None
+    return arrays, lengths
+
+
+def run_with_grad(p, w=None, with_lengths=True):
+    (li, lt, le), lengths = nd(p, with_lengths)
+    for a in (li, lt, le):
+        a.attach_grad()
+    with mx.autograd.record():
+        out = gh.log_likelihood(li, lt, le, lengths)
+        loss = out if w is None else out * mx.nd.array(w, dtype=p.dtype)
+    loss.backward()
+    return out.asnumpy(), li.grad.asnumpy(), lt.grad.asnumpy(), le.grad.asnumpy()
+
+
+CASES = list(iter_cases(sizes=SMALL_SIZES[3:] + ((3, 1, 4), (5, 7, 5)),
+                        flags=("ragged", "neginf", "unnorm", "veryneg", "nanpad", "all"),
+                        dtypes=(np.float64, np.float32)))
+
+
+@pytest.mark.parametrize("spec", CASES, ids=lambda s: s.id)
+def test_op_matches_reference(rng, spec):
+    p = make_problem(rng, **spec.kwargs)
+    before = p.copy()
+    expected = ref.posterior(*p.astype(np.float64).args)
+    ll, gi, gt, ge = run_with_grad(p)
+    t = tol(p.dtype)
+    np.testing.assert_allclose(ll, expected.loglik, **t)
+    np.testing.assert_allclose(ge, expected.gamma, **t)
+    np.testing.assert_allclose(gt, expected.trans_counts, **t)
+    np.testing.assert_allclose(gi, expected.init_counts, **t)
+    for a, b in zip(p.args, before.args):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_default_lengths_and_dtypes(rng):
+    p = make_problem(rng, 3, 6, 4)
+    for dt in (np.float32, np.float64):
+        q = p.astype(dt)
+        ll = run_with_grad(q, with_lengths=False)[0]
+        assert ll.dtype == dt
+        np.testing.assert_allclose(ll, ref.log_likelihood(*p.args), **tol(dt))
+    for ldt in (np.int32, np.int64):
+        q = make_problem(rng, 3, 6, 4, lengths="ragged", lengths_dtype=ldt)
+        np.testing.assert_allclose(run_with_grad(q)[0], ref.log_likelihood(*q.args), rtol=1e-12)
+
+
+@pytest.mark.parametrize("w", [[1.0, 1.0, 1.0], [-2.0, -0.5, -1.0], [3.0, -1.5, 0.0]])
+def test_upstream_gradients_of_either_sign(rng, w):
+    """Unlike a backward that is only right for -logZ, any upstream weights work."""
+    p = make_problem(rng, 3, 8, 4, trans="batch", lengths="ragged", unnormalised=True)
+    w = np.array(w)
+    _, gi, gt, ge = run_with_grad(p, w=w)
+    post = ref.posterior(*p.args)
+    np.testing.assert_allclose(ge, w[:, None, None] * post.gamma, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gt, w[:, None, None] * post.trans_counts, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gi, np.sum(w[:, None] * post.gamma[:, 0], axis=0) * 0 + gi)
+    gamma0 = np.where(p.lengths[:, None] > 0, post.gamma[:, 0], 0)
+    np.testing.assert_allclose(gi, np.sum(w[:, None] * gamma0, axis=0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("trans", ["shared", "batch", "time"])
+def test_check_numeric_gradient_float64(rng, trans):
+    p = make_problem(rng, 2, 4, 3, trans=trans, init="batch")
+    sym = gh.log_likelihood(mx.sym.var("li"), mx.sym.var("lt"), mx.sym.var("le"))
+    mx.test_utils.check_numeric_gradient(
+        sym, {"li": p.log_init, "lt": p.log_trans, "le": p.log_emit},
+        numeric_eps=1e-6, rtol=1e-5, atol=1e-7, dtype=np.float64)
+
+
+def test_symbol_executor_matches_ndarray(rng):
+    p = make_problem(rng, 4, 6, 3, lengths="ragged")
+    s = gh.log_likelihood(mx.sym.var("li"), mx.sym.var("lt"), mx.sym.var("le"),
+                          mx.sym.var("len", dtype="int32"))
+    ex = s.bind(mx.cpu(), {"li": mx.nd.array(p.log_init, dtype="float64"),
+                           "lt": mx.nd.array(p.log_trans, dtype="float64"),
+                           "le": mx.nd.array(p.log_emit, dtype="float64"),
+                           "len": mx.nd.array(p.lengths, dtype="int32")})
+    np.testing.assert_allclose(ex.forward()[0].asnumpy(), ref.log_likelihood(*p.args), rtol=1e-12)
+    assert s.infer_shape(li=(3,), lt=(3, 3), le=(4, 6, 3), len=(4,))[1] == [(4,)]
+
+
+class Scorer(mx.gluon.HybridBlock):
+    """log_init/log_trans/log_emit in; lengths optional."""
+
+    def hybrid_forward(self, F, li, lt, le, lengths=None):
+        return gh.log_likelihood(F.log_softmax(li), F.log_softmax(lt), le, lengths)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_hybridized_equals_imperative(rng, static):
+    p = make_problem(rng, 5, 7, 4, lengths="ragged").astype(np.float32)
+    (li, lt, le), lengths = nd(p)
+    net = Scorer()
+    expected = net(li, lt, le, lengths).asnumpy()
+    grads = []
+    for hybrid in (False, True):
+        if hybrid:
+            net.hybridize(static_alloc=static, static_shape=static)
+        for a in (li, lt, le):
+            a.attach_grad()
+        with mx.autograd.record():
+            out = net(li, lt, le, lengths)
+        out.backward()
+        np.testing.assert_allclose(out.asnumpy(), expected, rtol=1e-6)
+        grads.append([a.grad.asnumpy() for a in (li, lt, le)])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_export_and_import_in_fresh_process(rng, tmp_path):
+    p = make_problem(rng, 3, 5, 4, lengths="ragged").astype(np.float32)
+    (li, lt, le), lengths = nd(p)
+    net = Scorer()
+    net.hybridize()
+    expected = net(li, lt, le, lengths).asnumpy()
+    prefix = str(tmp_path / "scorer")
+    net.export(prefix)
+    np.savez(str(tmp_path / "inputs.npz"), *p.args, expected=expected)
+    script = textwrap.dedent("""
+        import sys, numpy as np, mxnet as mx
+        import gluon_hmm
+        d = np.load(sys.argv[2])
+        names = ["data0", "data1", "data2", "data3"]
+        blk = mx.gluon.SymbolBlock.imports(sys.argv[1] + "-symbol.json", names)
+        args = [mx.nd.array(d["arr_%d" % k], dtype=d["arr_%d" % k].dtype) for k in range(4)]
+        out = blk(*args).asnumpy()
+        np.testing.assert_allclose(out, d["expected"], rtol=1e-6)
+        print("OK", out)
+    """)
+    res = subprocess.run([sys.executable, "-c", script, prefix, str(tmp_path / "inputs.npz")],
+                         capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "OK" in res.stdout
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(le=(2, 5)), r"log_emit must have shape \(B, T, N\)"),
+    (dict(lt=(3, 3)), r"log_trans must have shape \(N, N\), \(B, N, N\) or \(B, T, N, N\) "
+                      r"with B=2, T=5, N=4, got \(3, 3\)"),
+    (dict(li=(3,)), r"log_init must have shape \(N,\) or \(B, N\) with B=2, T=5, N=4, got \(3,\)"),
+    (dict(lengths=np.array([1, 9], np.int32)), r"lengths must lie in \[0, T\] with T=5, got "
+                                               r"lengths\[1\]=9"),
+    (dict(lengths=np.array([1, 2, 3], np.int32)), r"lengths must have shape \(B,\) with B=2"),
+    (dict(lengths=np.array([1.0, 2.0], np.float32)), r"lengths must have dtype int32 or int64, "
+                                                     r"got float32"),
+    (dict(dtype_init="float64"), r"log_init must have the dtype of log_emit \(float32\), "
+                                 r"got float64"),
+    (dict(dtype_all="float16"), r"log_emit must have dtype float32 or float64, got float16"),
+])
+def test_clear_errors_at_call_time(kw, match):
+    shapes = dict(li=(4,), lt=(4, 4), le=(2, 5, 4))
+    shapes.update({k: v for k, v in kw.items() if k in shapes})
+    dt = kw.get("dtype_all", "float32")
+    li = mx.nd.zeros(shapes["li"], dtype=kw.get("dtype_init", dt))
+    lt = mx.nd.zeros(shapes["lt"], dtype=dt)
+    le = mx.nd.zeros(shapes["le"], dtype=dt)
+    lengths = kw.get("lengths")
+    lengths = None if lengths is None else mx.nd.array(lengths, dtype=lengths.dtype)
+    with pytest.raises(mx.base.MXNetError, match=match) as info:
+        gh.log_likelihood(li, lt, le, lengths).wait_to_read()
+    assert str(info.value).count("gluon_hmm.") == 1  # only its own message
+
+
+def test_type_errors_name_the_argument():
+    with pytest.raises(TypeError, match="log_emit must be an mx.nd.NDArray or an mx.sym.Symbol"):
+        gh.log_likelihood(np.zeros(2), np.zeros((2, 2)), np.zeros((1, 3, 2)))
+    with pytest.raises(TypeError, match="log_trans must be an mxnet.ndarray.ndarray.NDArray"):
+        gh.log_likelihood(mx.nd.zeros(2), np.zeros((2, 2)), mx.nd.zeros((1, 3, 2)))
+
+
+def test_error_messages_do_not_accumulate():
+    """MXNet 1.9.1's lib_api never empties its error list; the library clears it.
+
+    After 2000 failing calls a valid call is as fast as before, and an error's
+    text holds only its own message.
+    """
+    good = [mx.nd.zeros((4,)), mx.nd.zeros((4, 4)), mx.nd.zeros((8, 50, 4))]
+    bad = [mx.nd.zeros((4,)), mx.nd.zeros((3, 3)), mx.nd.zeros((8, 50, 4))]
+
+    def valid_call_seconds(n=200):
+        gh.log_likelihood(*good).wait_to_read()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            gh.log_likelihood(*good).wait_to_read()
+        return (time.perf_counter() - t0) / n
+
+    before = valid_call_seconds()
+    for _ in range(2000):
+        with pytest.raises(mx.base.MXNetError):
+            gh.log_likelihood(*bad).wait_to_read()
+    after = valid_call_seconds()
+    with pytest.raises(mx.base.MXNetError) as info:
+        gh.log_likelihood(*bad).wait_to_read()
+    assert str(info.value).count("log_trans must have shape") == 1
+    assert after < 3 * before + 1e-4, (before, after)
+
+
+def test_library_loads_once_and_reports_version():
+    from gluon_hmm import _library
+    h1, h2 = _library.load(), _library.load()
+    assert h1 is h2
+    assert h1.hmm_abi_version() == 1
