@@ -61,6 +61,14 @@ def nvcc_path():
 class BuildWithOpLibrary(build_ext):
     """build_ext that also links the MXNet operator library."""
 
+    def run(self):
+        # setuptools builds into build_lib and copies extensions into the source
+        # tree afterwards for --inplace; the op library goes along with them.
+        super().run()
+        if self.inplace:
+            built = os.path.join(self.build_lib, "gluon_hmm", "libgluon_hmm_mxnet.so")
+            shutil.copy2(built, os.path.join(HERE, "gluon_hmm", "libgluon_hmm_mxnet.so"))
+
     def build_extensions(self):
         # The engine is compiled once and linked into both front ends.
         macros = [("GLUON_HMM_WITH_CUDA", "1")] if want_cuda() else []
@@ -113,8 +121,7 @@ class BuildWithOpLibrary(build_ext):
         if want_cuda():
             libs = ["cudart_static", "rt", "dl"]
             lib_dirs = self.cuda_lib_dirs()
-        out_dir = os.path.join(self.build_lib, "gluon_hmm") if not self.inplace else \
-            os.path.join(HERE, "gluon_hmm")
+        out_dir = os.path.join(self.build_lib, "gluon_hmm")
         os.makedirs(out_dir, exist_ok=True)
         target = os.path.join(out_dir, "libgluon_hmm_mxnet.so")
         cc.link_shared_object(objects, target, libraries=libs, library_dirs=lib_dirs,

@@ -288,7 +288,7 @@ HMM_INLINE void exp_row(const T* src, T shift, int64_t Np, T* dst) {
   for (int64_t j = 0; j < Np; j += W) store(dst + j, simd::vexp<T>(load(src + j) - shift));
 }
 
-// Largest finite entry of x[0:n], or 0 when there is none.
+// Largest finite entry of x[0:n], or 0 when there is none (scalar; used on whole matrices).
 template <typename T>
 HMM_INLINE T finite_max(const T* x, int64_t n) {
   T m = neg_inf<T>();
@@ -299,17 +299,48 @@ HMM_INLINE T finite_max(const T* x, int64_t n) {
   return m == neg_inf<T>() ? T(0) : m;
 }
 
-// The emission row of a step in padded form: buf[j] = e[j] (+ add[j]) for j < N, -inf after.
+// The same over a padded row (Np entries, padding -inf), branch-free.
 template <typename T>
-HMM_INLINE T load_emission(const T* e, const T* add, int64_t N, int64_t Np, T* buf) {
-  if (add) {
-    for (int64_t j = 0; j < N; ++j) buf[j] = e[j] + add[j];
-  } else {
-    std::memcpy(buf, e, sizeof(T) * N);
+HMM_INLINE T finite_max_row(const T* x, int64_t Np) {
+  typedef vec_t<T> V;
+  const V ninf = splat<T>(neg_inf<T>()), pinf = splat<T>(std::numeric_limits<T>::infinity());
+  V m = ninf;
+  for (int64_t j = 0; j < Np; j += Vec<T>::W) {
+    V v = load(x + j);
+    v = v < pinf ? v : ninf;  // +inf and NaN drop out
+    m = v > m ? v : m;
   }
-  for (int64_t j = N; j < Np; ++j) buf[j] = neg_inf<T>();
-  return finite_max(buf, N);
+  T r = m[0];
+  for (int k = 1; k < Vec<T>::W; ++k) r = m[k] > r ? m[k] : r;
+  return r == neg_inf<T>() ? T(0) : r;
 }
+
+// A row of N values in padded form (-inf after N); returns its largest finite entry.
+template <typename T>
+HMM_INLINE T load_emission(const T* __restrict e, int64_t N, int64_t Np, T* __restrict buf) {
+  int64_t j = 0;
+  for (; j + Vec<T>::W <= N; j += Vec<T>::W) store(buf + j, load(e + j));
+  for (; j < N; ++j) buf[j] = e[j];
+  for (; j < Np; ++j) buf[j] = neg_inf<T>();
+  return finite_max_row(buf, Np);
+}
+
+/* Running product of step normalisers, kept as mantissa * 2^exponent so that
+ * the log is taken once per sequence: more exact than summing T logs, and cheaper. */
+struct LogProduct {
+  double mant = 1.0;
+  int64_t exp2 = 0;
+  double shift = 0.0;  // sum of the additive log shifts
+  HMM_INLINE void mul(double c) {
+    mant *= c;
+    if (mant < 1e-150 || mant > 1e150) {
+      int e;
+      mant = std::frexp(mant, &e);
+      exp2 += e;
+    }
+  }
+  double log() const { return std::log(mant) + double(exp2) * 0.69314718055994530942 + shift; }
+};
 
 // A' = exp(log_trans - mA) in padded (N x Np) layout, optionally with its transpose
 // At (N x Np: At[j][i] = A'[i][j]).  Returns mA.
@@ -396,6 +427,23 @@ HMM_INLINE void rank_update(const T* const* x, const T* const* r, int64_t N, int
       store(srow + c, s);
     }
   }
+}
+
+// out[j] = w * a[j] * beta[j] for j < N, 0 where a[j] == 0 whatever beta holds.
+template <typename T>
+HMM_INLINE void gamma_row(const T* __restrict a, const T* __restrict beta, T w, int64_t N,
+                          T* __restrict out) {
+  for (int64_t j = 0; j < N; ++j) out[j] = a[j] == T(0) ? T(0) : w * a[j] * beta[j];
+}
+
+// All of x[0:Np] <= bound (false on NaN).
+template <typename T>
+HMM_INLINE bool row_bounded(const T* x, int64_t Np, T bound) {
+  typedef typename Vec<T>::itype VI;
+  VI bad = VI{} ;
+  for (int64_t j = 0; j < Np; j += Vec<T>::W) bad |= ~(load(x + j) <= bound);
+  for (int k = 0; k < Vec<T>::W; ++k) if (bad[k]) return false;
+  return true;
 }
 
 template <typename T>
@@ -542,7 +590,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   const int64_t N = M.N, Np = M.Np;
   int64_t L[G];
   int64_t maxL = 0;
-  double ll[G];
+  LogProduct ll[G];
   bool ok[G];
   T* ebuf = ar.array<T>(Np);
   T* ubuf = ar.array<T>(Np);
@@ -556,7 +604,6 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   for (int g = 0; g < G; ++g) {
     L[g] = M.length(seq[g]);
     maxL = std::max(maxL, L[g]);
-    ll[g] = 0.0;
     ok[g] = true;
     junk[g] = ar.array<T>(Np);
   }
@@ -566,10 +613,10 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     const int64_t b = seq[g];
     // p_0 = exp(log_init - mi) * exp(e_0 - m): shifted separately, since adding a
     // small log_init to an emission of -1e4 in float32 would round it away.
-    const T mi = load_emission(M.init_of(b), static_cast<const T*>(nullptr), N, Np, ebuf);
+    const T mi = load_emission(M.init_of(b), N, Np, ebuf);
     T* a = F.S.alpha(b, 0);
     exp_row(ebuf, mi, Np, a);
-    const T m = load_emission(M.emit_of(b, 0), static_cast<const T*>(nullptr), N, Np, ebuf);
+    const T m = load_emission(M.emit_of(b, 0), N, Np, ebuf);
     exp_row(ebuf, m, Np, ubuf);
     for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * load(ubuf + j));
     const T c = row_sum(a, Np);
@@ -577,7 +624,8 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     const T inv = T(1) / c;
     for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
     F.S.scale(b, 0) = c;
-    ll[g] += std::log(double(c)) + double(m) + double(mi);
+    ll[g].mul(double(c));
+    ll[g].shift += double(m) + double(mi);
   }
   for (int64_t t = 1; t < maxL; ++t) {
     const T* x[G];
@@ -594,7 +642,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
       const int64_t b = seq[g];
-      const T m = load_emission(M.emit_of(b, t), static_cast<const T*>(nullptr), N, Np, ebuf);
+      const T m = load_emission(M.emit_of(b, t), N, Np, ebuf);
       exp_row(ebuf, m, Np, ubuf);
       T* a = y[g];
       for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * load(ubuf + j));
@@ -603,18 +651,20 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
       const T inv = T(1) / c;
       for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
       F.S.scale(b, t) = c;
-      ll[g] += std::log(double(c)) + double(m) + double(cur.mA);
+      ll[g].mul(double(c));
+      ll[g].shift += double(m) + double(cur.mA);
     }
   }
   for (int g = 0; g < G; ++g) {
     const int64_t b = seq[g];
     F.S.flag(b) = ok[g] ? T(0) : T(1);
+    double value = L[g] == 0 ? 0.0 : ll[g].log();
     if (!ok[g]) {
       double* la = ar.array<double>(L[g] * N);
       double* tmp = ar.array<double>(N);
-      ll[g] = log_forward(M, b, L[g], la, tmp);
+      value = log_forward(M, b, L[g], la, tmp);
     }
-    if (F.loglik) F.loglik[b] = T(ll[g]);
+    if (F.loglik) F.loglik[b] = T(value);
   }
 }
 
@@ -753,11 +803,8 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
       }
       const T* a = Bw.S.alpha(b, t);
       // gamma_t = alpha_t * beta_t (0 where alpha is 0, whatever beta holds)
-      if (Bw.grad_emit) {
-        T* ge = Bw.grad_emit + (b * TT + t) * N;
-        for (int64_t j = 0; j < N; ++j) ge[j] = a[j] == T(0) ? T(0) : w[g] * a[j] * beta[g][j];
-      }
-      const T m = load_emission(M.emit_of(b, t), static_cast<const T*>(nullptr), N, Np, ebuf);
+      if (Bw.grad_emit) gamma_row(a, beta[g], w[g], N, Bw.grad_emit + (b * TT + t) * N);
+      const T m = load_emission(M.emit_of(b, t), N, Np, ebuf);
       exp_row(ebuf, m, Np, ubuf);
       mul_rows(ubuf, beta[g], T(1) / Bw.S.scale(b, t), Np, r[g]);
       const T* ap = Bw.S.alpha(b, t - 1);
@@ -788,9 +835,8 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
     gemm<T, G>(rr, Atm, N, Np, y);
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
-      T mx = 0;
-      for (int64_t j = 0; j < N; ++j) mx = std::max(mx, y[g][j]);
-      if (!(mx <= big)) return false;  // overflow or NaN: let the caller redo it exactly
+      // overflow or NaN: let the caller redo it exactly
+      if (!row_bounded(y[g], Np, big)) return false;
       std::swap(beta[g], beta_next[g]);
     }
   }
