@@ -72,9 +72,20 @@ cdef extern from "hmm.h":
                             const int32_t* seed, int32_t* paths, void* workspace) nogil
 
 
-_FLOAT_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1,
-                np.dtype(np.int32): 2, np.dtype(np.int64): 3}
 _NAMES = ("log_init", "log_trans", "log_emit", "lengths")
+
+
+cdef int _code(cnp.ndarray a):
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT32:
+        return 0
+    if t == cnp.NPY_FLOAT64:
+        return 1
+    if t == cnp.NPY_INT32:
+        return 2
+    if t == cnp.NPY_INT64:
+        return 3
+    return 9
 
 
 def abi_version():
@@ -111,45 +122,45 @@ cdef class _Call:
         cdef int codes[4]
         cdef const char* names[4]
         cdef char message[512]
-        raw = [log_init, log_trans, log_emit, lengths]
-        arrays = []
-        name_bytes = []
+        cdef cnp.ndarray a
+        cdef int k, d
+        arrays = [log_init, log_trans, log_emit, lengths]
         for k in range(4):
-            a = raw[k]
-            if a is None:
-                arrays.append(None)
+            shapes[k] = shape_store[k]
+            names[k] = NULL
+            x = arrays[k]
+            if x is None:
                 ndims[k] = -1
                 codes[k] = 9
-                name_bytes.append(b"none")
                 continue
-            if not isinstance(a, np.ndarray):
-                a = np.asarray(a)
+            if type(x) is not np.ndarray:
+                x = np.asarray(x)
+                if k == 3 and x.dtype.kind in "ui" and _code(x) == 9:
+                    x = x.astype(np.int64)
+            a = x
             if a.ndim > 4:
                 raise ValueError("%s must have at most 4 dimensions, got shape %s"
-                                 % (_NAMES[k], tuple(a.shape)))
-            if k == 3 and a.dtype.kind in "ui" and a.dtype != np.int32 and a.dtype != np.int64:
-                a = a.astype(np.int64)
-            arrays.append(a)
+                                 % (_NAMES[k], tuple(x.shape)))
             ndims[k] = a.ndim
             for d in range(a.ndim):
                 shape_store[k][d] = a.shape[d]
-            codes[k] = _FLOAT_CODES.get(a.dtype, 9)
-            name_bytes.append(str(a.dtype).encode())
-        for k in range(4):
-            shapes[k] = shape_store[k]
-            names[k] = name_bytes[k]
+            codes[k] = _code(a)
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+                a = np.ascontiguousarray(a)  # strided and Fortran-ordered inputs are welcome
+            arrays[k] = a
         hmm_problem_init(&self.problem)
         st = hmm_describe(shapes, ndims, codes, names, &self.problem, message, sizeof(message))
         if st != HMM_STATUS_SUCCESS:
+            # describe again with dtype names, for the message
+            name_bytes = [b"none" if x is None else str(x.dtype).encode() for x in arrays]
+            for k in range(4):
+                names[k] = name_bytes[k]
+            st = hmm_describe(shapes, ndims, codes, names, &self.problem, message, sizeof(message))
             if st == HMM_STATUS_INVALID_VALUE:
                 raise ValueError(message.decode())
             _raise(st, "describe")
         self.problem.num_threads = num_threads
         self.dtype = np.float32 if self.problem.dtype == HMM_FLOAT32 else np.float64
-        # C-contiguous copies only where needed (read-only and strided arrays welcome).
-        for k in range(4):
-            if arrays[k] is not None:
-                arrays[k] = np.ascontiguousarray(arrays[k])
         self.arrays = arrays
         self.inputs.log_init = cnp.PyArray_DATA(arrays[0])
         self.inputs.log_trans = cnp.PyArray_DATA(arrays[1])
@@ -183,7 +194,12 @@ cdef class _Call:
         return loglik, saved
 
     def backward(self, cnp.ndarray saved, grad_loglik):
-        cdef cnp.ndarray w = np.ascontiguousarray(grad_loglik, dtype=self.dtype)
+        cdef cnp.ndarray w
+        if type(grad_loglik) is np.ndarray and grad_loglik.dtype == self.dtype and \
+                cnp.PyArray_IS_C_CONTIGUOUS(grad_loglik):
+            w = grad_loglik
+        else:
+            w = np.ascontiguousarray(grad_loglik, dtype=self.dtype)
         if w.ndim != 1 or w.shape[0] != self.problem.batch:
             raise ValueError("grad_loglik must have shape (B,) with B=%d, got %s"
                              % (self.problem.batch, tuple(np.shape(grad_loglik))))
@@ -197,6 +213,13 @@ cdef class _Call:
         if st != HMM_STATUS_SUCCESS:
             _raise(st, "backward")
         return gi, gt, ge
+
+    def value_and_grad(self, grad_loglik):
+        """forward then backward in one call (no Python work in between)."""
+        loglik, saved = self.forward()
+        if grad_loglik is None:
+            grad_loglik = np.ones(self.problem.batch, self.dtype)
+        return loglik, self.backward(saved, grad_loglik)
 
     def posterior(self):
         cdef cnp.ndarray gamma = np.empty(self.arrays[2].shape, self.dtype)

@@ -45,11 +45,9 @@ def value_and_grad(log_init, log_trans, log_emit, lengths=None, grad_loglik=None
     ``grad_loglik`` (B,) defaults to ones.  Returns ``(loglik, Gradients(log_init,
     log_trans, log_emit))``, each gradient shaped like its input.
     """
-    c = _call(log_init, log_trans, log_emit, lengths, num_threads)
-    loglik, saved = c.forward()
-    if grad_loglik is None:
-        grad_loglik = np.ones(c.shape[0], c.dtype)
-    return loglik, Gradients(*c.backward(saved, grad_loglik))
+    loglik, grads = _call(log_init, log_trans, log_emit, lengths,
+                          num_threads).value_and_grad(grad_loglik)
+    return loglik, Gradients(*grads)
 
 
 def posterior(log_init, log_trans, log_emit, lengths=None, num_threads=0):

@@ -190,12 +190,16 @@ Pool& pool() {
 std::atomic<int> g_default_threads{0};
 
 int default_threads() {
-  int n = g_default_threads.load();
+  int n = g_default_threads.load(std::memory_order_relaxed);
   if (n > 0) return n;
-  const char* env = std::getenv("GLUON_HMM_NUM_THREADS");
-  if (env && std::atoi(env) > 0) return std::atoi(env);
-  n = static_cast<int>(std::thread::hardware_concurrency());
-  return n > 0 ? n : 1;
+  // Read once: hardware_concurrency() costs a few system calls.
+  static const int initial = [] {
+    const char* env = std::getenv("GLUON_HMM_NUM_THREADS");
+    if (env && std::atoi(env) > 0) return std::atoi(env);
+    const int hw = static_cast<int>(std::thread::hardware_concurrency());
+    return hw > 0 ? hw : 1;
+  }();
+  return initial;
 }
 
 /* Runs body(item, tid) for every item in [0, n) over up to `threads` threads.
