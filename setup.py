@@ -67,7 +67,10 @@ class BuildWithOpLibrary(build_ext):
         super().run()
         if self.inplace:
             built = os.path.join(self.build_lib, "gluon_hmm", "libgluon_hmm_mxnet.so")
-            shutil.copy2(built, os.path.join(HERE, "gluon_hmm", "libgluon_hmm_mxnet.so"))
+            # copy then rename: a process that has the old library loaded keeps its mapping
+            dest = os.path.join(HERE, "gluon_hmm", "libgluon_hmm_mxnet.so")
+            shutil.copy2(built, dest + ".tmp")
+            os.replace(dest + ".tmp", dest)
 
     def build_extensions(self):
         # The engine is compiled once and linked into both front ends.

@@ -415,21 +415,47 @@ HMM_INLINE void gemm(const T* const* x, const T* M, int64_t N, int64_t Np, T* co
   for (; c < Np; c += W) gemm_cols<T, G, 1, KS>(x, M, N, Np, c, out);
 }
 
-/* S[i][0:Np] += sum_g x[g][i] * r[g][0:Np]  (a rank-G update) */
-template <typename T, int G>
-HMM_INLINE void rank_update(const T* const* x, const T* const* r, int64_t N, int64_t Np, T* S) {
-  constexpr int W = Vec<T>::W;
-  for (int64_t i = 0; i < N; ++i) {
-    T xi[G];
-    bool any = false;
-    for (int g = 0; g < G; ++g) { xi[g] = x[g][i]; any |= xi[g] != 0; }
-    if (!any) continue;
-    T* srow = S + i * Np;
-    for (int64_t c = 0; c < Np; c += W) {
-      vec_t<T> s = load(srow + c);
-      for (int g = 0; g < G; ++g) s += splat<T>(xi[g]) * load(r[g] + c);
-      store(srow + c, s);
+/* S[i][0:Np] += sum_k X[k][i] * R[k][0:Np] over K row pairs: the transition
+ * statistics as one (N x K)(K x Np) product per block of steps, register-
+ * blocked over 4 rows of S and 2 vectors of columns. */
+template <typename T, int RI, int NV>
+HMM_INLINE void gemm_tn_block(const T* const* X, const T* const* R, int64_t K, int64_t i0,
+                              int64_t c0, int64_t Np, T* S) {
+  typedef vec_t<T> V;
+  V acc[RI][NV];
+  for (int a = 0; a < RI; ++a)
+    for (int v = 0; v < NV; ++v) acc[a][v] = splat<T>(0);
+  for (int64_t k = 0; k < K; ++k) {
+    V r[NV];
+    for (int v = 0; v < NV; ++v) r[v] = load(R[k] + c0 + v * Vec<T>::W);
+    const T* x = X[k] + i0;
+    for (int a = 0; a < RI; ++a) {
+      const V xb = splat<T>(x[a]);
+      for (int v = 0; v < NV; ++v) acc[a][v] += xb * r[v];
     }
+  }
+  for (int a = 0; a < RI; ++a)
+    for (int v = 0; v < NV; ++v) {
+      T* dst = S + (i0 + a) * Np + c0 + v * Vec<T>::W;
+      store(dst, load(dst) + acc[a][v]);
+    }
+}
+
+template <typename T>
+HMM_INLINE void gemm_tn(const T* const* X, const T* const* R, int64_t K, int64_t N, int64_t Np,
+                        T* S) {
+  constexpr int W = Vec<T>::W;
+  if (K == 0) return;
+  int64_t i = 0;
+  for (; i + 4 <= N; i += 4) {
+    int64_t c = 0;
+    for (; c + 2 * W <= Np; c += 2 * W) gemm_tn_block<T, 4, 2>(X, R, K, i, c, Np, S);
+    for (; c < Np; c += W) gemm_tn_block<T, 4, 1>(X, R, K, i, c, Np, S);
+  }
+  for (; i < N; ++i) {
+    int64_t c = 0;
+    for (; c + 2 * W <= Np; c += 2 * W) gemm_tn_block<T, 1, 2>(X, R, K, i, c, Np, S);
+    for (; c < Np; c += W) gemm_tn_block<T, 1, 1>(X, R, K, i, c, Np, S);
   }
 }
 
@@ -437,7 +463,14 @@ HMM_INLINE void rank_update(const T* const* x, const T* const* r, int64_t N, int
 template <typename T>
 HMM_INLINE void gamma_row(const T* __restrict a, const T* __restrict beta, T w, int64_t N,
                           T* __restrict out) {
-  for (int64_t j = 0; j < N; ++j) out[j] = a[j] == T(0) ? T(0) : w * a[j] * beta[j];
+  typedef vec_t<T> V;
+  const V zero = splat<T>(0), wv = splat<T>(w);
+  int64_t j = 0;
+  for (; j + Vec<T>::W <= N; j += Vec<T>::W) {
+    const V av = load(a + j);
+    store(out + j, av == zero ? zero : wv * av * load(beta + j));
+  }
+  for (; j < N; ++j) out[j] = a[j] == T(0) ? T(0) : w * a[j] * beta[j];
 }
 
 // All of x[0:Np] <= bound (false on NaN).
@@ -771,13 +804,21 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
   // Local accumulators for the pre-A' transition statistics: float blocks
   // flushed to float64 every kFlush steps (keeps float32 sums accurate at long T).
   constexpr int64_t kFlush = 128;
+  constexpr int64_t kBlock = 32;  // steps per transition-statistics product
   T* Sf = nullptr;
   double* Sd = nullptr;
+  T* Rbuf = nullptr;
+  const T** Xrows = nullptr;
+  const T** Rrows = nullptr;
+  int64_t nrows = 0;
   if (want_trans && !tv) {
     Sf = ar.array<T>(N * Np);
     Sd = ar.array<double>(N * N);
     std::fill(Sf, Sf + N * Np, T(0));
     std::fill(Sd, Sd + N * N, 0.0);
+    Rbuf = ar.array<T>(G * kBlock * Np);
+    Xrows = static_cast<const T**>(ar.get(sizeof(T*) * G * kBlock));
+    Rrows = static_cast<const T**>(ar.get(sizeof(T*) * G * kBlock));
   }
   double init_local[1] = {0};
   (void)init_local;
@@ -789,6 +830,8 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
   int64_t since_flush = 0;
   auto flush = [&]() {
     if (!Sf) return;
+    gemm_tn(Xrows, Rrows, nrows, N, Np, Sf);
+    nrows = 0;
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < N; ++j) { Sd[i * N + j] += double(Sf[i * Np + j]); Sf[i * Np + j] = 0; }
     since_flush = 0;
@@ -812,7 +855,16 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
       exp_row(ebuf, m, Np, ubuf);
       mul_rows(ubuf, beta[g], T(1) / Bw.S.scale(b, t), Np, r[g]);
       const T* ap = Bw.S.alpha(b, t - 1);
-      for (int64_t j = 0; j < Np; j += Vec<T>::W) store(xa[g] + j, load(ap + j) * w[g]);
+      if (Rbuf) {
+        // w * r_t joins the block product with alpha_{t-1} (read in place)
+        T* dst = Rbuf + nrows * Np;
+        for (int64_t j = 0; j < Np; j += Vec<T>::W) store(dst + j, load(r[g] + j) * w[g]);
+        Xrows[nrows] = ap;
+        Rrows[nrows] = dst;
+        ++nrows;
+      } else if (tv) {
+        for (int64_t j = 0; j < Np; j += Vec<T>::W) store(xa[g] + j, load(ap + j) * w[g]);
+      }
       x[g] = xa[g];
       rr[g] = r[g];
       y[g] = beta_next[g];
@@ -831,9 +883,11 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
             for (int64_t j = 0; j < N; ++j) gt[i * N + j] = xi_i * arow[j] * r[g][j];
           }
         }
-      } else {
-        rank_update<T, G>(x, rr, N, Np, Sf);
-        if (++since_flush == kFlush) flush();
+      } else if (nrows + G > G * kBlock) {
+        gemm_tn(Xrows, Rrows, nrows, N, Np, Sf);
+        nrows = 0;
+        since_flush += kBlock;
+        if (since_flush >= kFlush) flush();
       }
     }
     gemm<T, G>(rr, Atm, N, Np, y);

@@ -42,7 +42,13 @@ template <typename T> HMM_INLINE vec_t<T> load(const T* p) {
 template <typename T> HMM_INLINE void store(T* p, vec_t<T> v) {
   *reinterpret_cast<typename Vec<T>::utype*>(p) = v;
 }
-template <typename T> HMM_INLINE vec_t<T> splat(T x) { return vec_t<T>{} + x; }
+// Broadcast.  Written as a shuffle of lane 0: GCC turns that into one
+// vbroadcast, whereas a brace list {x, x, ...} or `vec{} + x` inside a
+// target_clones function becomes a chain of lane inserts.
+template <typename T> HMM_INLINE vec_t<T> splat(T x) {
+  typedef typename Vec<T>::itype VI;
+  return __builtin_shuffle(vec_t<T>{x}, VI{});
+}
 
 template <typename T> HMM_INLINE T hsum(vec_t<T> v) {
   T s = 0;
