@@ -15,9 +15,8 @@ all: build
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip==23.2.1 || true
-	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt examples/requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt -r examples/requirements.txt
 	touch $@
 
 venv: $(STAMP)

@@ -155,7 +155,8 @@ setup(
     install_requires=["mxnet==1.9.1", "numpy==1.23.5"],
     extras_require={
         "test": ["pytest==9.2.0", "hypothesis==6.170.15", "scipy==1.15.3"],
-        "examples": ["statsmodels", "matplotlib", "tqdm"],
+        "examples": [line.strip() for line in open(os.path.join(HERE, "examples", "requirements.txt"))
+                     if line.strip() and not line.startswith("#")],
     },
     zip_safe=False,
 )

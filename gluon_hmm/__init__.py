@@ -5,6 +5,9 @@
 * Functional ops (NDArray and Symbol): :func:`log_likelihood`, :func:`posterior`,
   :func:`viterbi`, :func:`sample`.
 * NumPy: :mod:`gluon_hmm.numpy` (same kernels, no MXNet engine).
+* Gluon blocks: :class:`HMM`, :class:`CategoricalHMM`, :class:`GaussianHMM`,
+  :class:`LinearChainCRF` (softmax-parameterised, hybridizable, EM for the
+  categorical and Gaussian HMMs).
 * Float64 reference: :mod:`gluon_hmm.reference`.
 """
 from . import _library
@@ -14,6 +17,7 @@ _library.load()
 from . import numpy  # noqa: E402  (the NumPy binding, as gh.numpy)
 from .ops import log_likelihood, posterior, posterior_stats, sample, viterbi  # noqa: E402
 from ._native import has_cuda  # noqa: E402
+from .blocks import HMM, CategoricalHMM, GaussianHMM, LinearChainCRF  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -28,4 +32,5 @@ def set_num_threads(n):
 
 
 __all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample", "numpy",
-           "set_num_threads", "has_cuda"]
+           "set_num_threads", "has_cuda", "HMM", "CategoricalHMM", "GaussianHMM",
+           "LinearChainCRF"]
