@@ -459,6 +459,13 @@ HMM_INLINE void gemm_tn(const T* const* X, const T* const* R, int64_t K, int64_t
   }
 }
 
+template <typename T>
+HMM_INLINE void prefetch_row(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * int64_t(sizeof(T)); off += 64) __builtin_prefetch(c + off);
+}
+constexpr int64_t kAhead = 4;  // steps of look-ahead for the backward pass's prefetches
+
 // out[j] = w * a[j] * beta[j] for j < N, 0 where a[j] == 0 whatever beta holds.
 template <typename T>
 HMM_INLINE void gamma_row(const T* __restrict a, const T* __restrict beta, T w, int64_t N,
@@ -837,14 +844,20 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
     since_flush = 0;
   };
   for (int64_t t = maxL - 1; t >= 1; --t) {
-    const T* x[G];
     const T* rr[G];
     T* y[G];
     bool act[G];
     for (int g = 0; g < G; ++g) {
       const int64_t b = seq[g];
       act[g] = t < L[g];
-      if (!act[g]) { x[g] = zero_row; rr[g] = zero_row; y[g] = junk[g]; continue; }
+      if (!act[g]) { rr[g] = zero_row; y[g] = junk[g]; continue; }
+      if (t >= kAhead) {
+        // The backward pass walks time downwards through rows the forward pass
+        // left in L2/L3: fetch a few steps ahead.
+        prefetch_row(Bw.S.alpha(b, t - kAhead), Np);
+        prefetch_row(M.emit_of(b, t - kAhead), N);
+        if (Bw.grad_emit) prefetch_row(Bw.grad_emit + (b * TT + t - kAhead) * N, N);
+      }
       if (t == L[g] - 1) {
         for (int64_t j = 0; j < Np; ++j) beta[g][j] = j < N ? T(1) : T(0);
       }
@@ -865,7 +878,6 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
       } else if (tv) {
         for (int64_t j = 0; j < Np; j += Vec<T>::W) store(xa[g] + j, load(ap + j) * w[g]);
       }
-      x[g] = xa[g];
       rr[g] = r[g];
       y[g] = beta_next[g];
     }
