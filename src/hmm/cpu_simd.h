@@ -50,10 +50,20 @@ template <typename T> HMM_INLINE vec_t<T> splat(T x) {
   return __builtin_shuffle(vec_t<T>{x}, VI{});
 }
 
-template <typename T> HMM_INLINE T hsum(vec_t<T> v) {
-  T s = 0;
-  for (int k = 0; k < Vec<T>::W; ++k) s += v[k];
-  return s;
+// Horizontal sum as a tree of shuffles (3 dependent adds for 8 lanes, not 7).
+template <typename T> HMM_INLINE T hsum(vec_t<T> v);
+template <> HMM_INLINE float hsum<float>(vec_t<float> v) {
+  typedef Vec<float>::itype VI;
+  v += __builtin_shuffle(v, VI{4, 5, 6, 7, 0, 1, 2, 3});
+  v += __builtin_shuffle(v, VI{2, 3, 0, 1, 6, 7, 4, 5});
+  v += __builtin_shuffle(v, VI{1, 0, 3, 2, 5, 4, 7, 6});
+  return v[0];
+}
+template <> HMM_INLINE double hsum<double>(vec_t<double> v) {
+  typedef Vec<double>::itype VI;
+  v += __builtin_shuffle(v, VI{2, 3, 0, 1});
+  v += __builtin_shuffle(v, VI{1, 0, 3, 2});
+  return v[0];
 }
 
 /* exp(x) for x <= 0 (the only range the engine needs: values minus their max),
