@@ -235,6 +235,24 @@ MXReturnValue status(const char* op, hmm_status_t st) {
   return error(op, hmm_status_string(st));
 }
 
+/* The common shape of a compute function: describe the call, size and take the
+ * per-call scratch, run.  size(p, &bytes) and run(call, workspace) wrap one ABI pair. */
+template <typename Size, typename Run>
+MXReturnValue compute(const char* op, const Attrs& a, const std::vector<MXTensor>& in,
+                      size_t first, const OpResource& res, Size size, Run run) {
+  clear_errors();
+  Call c;
+  std::string err;
+  if (!prepare(op, a, in, first, res, &c, &err)) return error(op, err);
+  size_t ws_bytes = 0;
+  hmm_status_t st = size(c.p, &ws_bytes);
+  if (st != HMM_STATUS_SUCCESS) return status(op, st);
+  void* ws = scratch(res, c.p, ws_bytes);
+  if (ws_bytes && !ws) return error(op, "could not allocate " + std::to_string(ws_bytes) +
+                                            " bytes of workspace");
+  return status(op, run(c, ws));
+}
+
 /* ---- shared attribute / type callbacks -------------------------------------- */
 MXReturnValue parse_model_attrs(const Attrs& attrs, int* num_in, int* num_out, int extra_in,
                                 int outs) {
@@ -300,39 +318,34 @@ MXReturnValue ll_shape(const Attrs& a, std::vector<std::vector<unsigned int>>* i
 
 MXReturnValue ll_forward(const Attrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                          const OpResource& res) {
-  clear_errors();
-  Call c;
-  std::string err;
-  if (!prepare(kLL, a, *in, 0, res, &c, &err)) return error(kLL, err);
-  return status(kLL, hmm_forward(&c.p, &c.in, (*out)[0].data_ptr, (*out)[1].data_ptr));
+  return compute(kLL, a, *in, 0, res,
+                 [](const hmm_problem_t&, size_t* b) { *b = 0; return HMM_STATUS_SUCCESS; },
+                 [&](Call& c, void*) {
+                   return hmm_forward(&c.p, &c.in, (*out)[0].data_ptr, (*out)[1].data_ptr);
+                 });
 }
 
 // Backward inputs: ograd(loglik), ograd(saved), the op's inputs, the op's outputs.
 MXReturnValue ll_backward(const Attrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                           const OpResource& res) {
-  clear_errors();
   const bool has_lengths = attr_flag(a, "has_lengths", false);
   const size_t nin = has_lengths ? 4 : 3;
-  Call c;
-  std::string err;
-  if (!prepare(kLL, a, *in, 2, res, &c, &err)) return error(kLL, err);
-  const void* saved = (*in)[2 + nin + 1].data_ptr;
   const void* grad_loglik = (*in)[0].data_ptr;
-  size_t ws_bytes = 0;
-  hmm_status_t st = hmm_backward_workspace_size(&c.p, &ws_bytes);
-  if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
-  void* ws = scratch(res, c.p, ws_bytes);
-  if (ws_bytes && !ws) return error(kLL, "could not allocate the backward workspace");
-  st = hmm_backward(&c.p, &c.in, saved, grad_loglik, (*out)[0].data_ptr, (*out)[1].data_ptr,
-                    (*out)[2].data_ptr, ws);
-  if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
-  if (has_lengths && c.p.device == HMM_DEVICE_CPU) {
+  const void* saved = (*in)[2 + nin + 1].data_ptr;
+  MXReturnValue rv = compute(
+      kLL, a, *in, 2, res,
+      [](const hmm_problem_t& p, size_t* b) { return hmm_backward_workspace_size(&p, b); },
+      [&](Call& c, void* ws) {
+        return hmm_backward(&c.p, &c.in, saved, grad_loglik, (*out)[0].data_ptr,
+                            (*out)[1].data_ptr, (*out)[2].data_ptr, ws);
+      });
+  if (rv == MX_SUCCESS && has_lengths && (*out)[3].ctx.dev_type != "gpu") {
     // lengths is an integer input: its gradient is zero
     MXTensor& gl = (*out)[3];
     std::memset(gl.data_ptr, 0, static_cast<size_t>(gl.size()) *
                                     (gl.dtype == mxnet::ext::kInt32 ? 4 : 8));
   }
-  return MX_SUCCESS;
+  return rv;
 }
 
 /* ========================== _hmm_posterior ================================== */
@@ -355,17 +368,12 @@ MXReturnValue post_shape(const Attrs& a, std::vector<std::vector<unsigned int>>*
 }
 MXReturnValue post_forward(const Attrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                            const OpResource& res) {
-  clear_errors();
-  Call c;
-  std::string err;
-  if (!prepare(kPost, a, *in, 0, res, &c, &err)) return error(kPost, err);
-  size_t ws_bytes = 0;
-  hmm_status_t st = hmm_posterior_workspace_size(&c.p, &ws_bytes);
-  if (st != HMM_STATUS_SUCCESS) return status(kPost, st);
-  void* ws = scratch(res, c.p, ws_bytes);
-  if (ws_bytes && !ws) return error(kPost, "could not allocate the posterior workspace");
-  return status(kPost, hmm_posterior(&c.p, &c.in, (*out)[0].data_ptr, (*out)[1].data_ptr,
-                                     (*out)[3].data_ptr, (*out)[2].data_ptr, ws));
+  return compute(kPost, a, *in, 0, res,
+                 [](const hmm_problem_t& p, size_t* b) { return hmm_posterior_workspace_size(&p, b); },
+                 [&](Call& c, void* ws) {
+                   return hmm_posterior(&c.p, &c.in, (*out)[0].data_ptr, (*out)[1].data_ptr,
+                                        (*out)[3].data_ptr, (*out)[2].data_ptr, ws);
+                 });
 }
 
 /* =========================== _hmm_viterbi =================================== */
@@ -386,17 +394,12 @@ MXReturnValue vit_shape(const Attrs& a, std::vector<std::vector<unsigned int>>* 
 }
 MXReturnValue vit_forward(const Attrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                           const OpResource& res) {
-  clear_errors();
-  Call c;
-  std::string err;
-  if (!prepare(kVit, a, *in, 0, res, &c, &err)) return error(kVit, err);
-  size_t ws_bytes = 0;
-  hmm_status_t st = hmm_viterbi_workspace_size(&c.p, &ws_bytes);
-  if (st != HMM_STATUS_SUCCESS) return status(kVit, st);
-  void* ws = scratch(res, c.p, ws_bytes);
-  if (ws_bytes && !ws) return error(kVit, "could not allocate the Viterbi workspace");
-  return status(kVit, hmm_viterbi(&c.p, &c.in, static_cast<int32_t*>((*out)[0].data_ptr),
-                                  (*out)[1].data_ptr, ws));
+  return compute(kVit, a, *in, 0, res,
+                 [](const hmm_problem_t& p, size_t* b) { return hmm_viterbi_workspace_size(&p, b); },
+                 [&](Call& c, void* ws) {
+                   return hmm_viterbi(&c.p, &c.in, static_cast<int32_t*>((*out)[0].data_ptr),
+                                      (*out)[1].data_ptr, ws);
+                 });
 }
 
 /* ============================ _hmm_sample =================================== */
@@ -436,20 +439,16 @@ MXReturnValue sam_shape(const Attrs& a, std::vector<std::vector<unsigned int>>* 
 }
 MXReturnValue sam_forward(const Attrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                           const OpResource& res) {
-  clear_errors();
-  Call c;
-  std::string err;
-  if (!prepare(kSam, a, *in, 0, res, &c, &err)) return error(kSam, err);
   int64_t s = 0;
+  std::string err;
   if (!attr_int(a, "num_samples", &s, &err)) return error(kSam, err);
   const MXTensor& seed = (*in)[attr_flag(a, "has_lengths", false) ? 4 : 3];
-  size_t ws_bytes = 0;
-  hmm_status_t st = hmm_sample_workspace_size(&c.p, s, &ws_bytes);
-  if (st != HMM_STATUS_SUCCESS) return status(kSam, st);
-  void* ws = scratch(res, c.p, ws_bytes);
-  if (ws_bytes && !ws) return error(kSam, "could not allocate the sampling workspace");
-  return status(kSam, hmm_sample(&c.p, &c.in, s, static_cast<const int32_t*>(seed.data_ptr),
-                                 static_cast<int32_t*>((*out)[0].data_ptr), ws));
+  return compute(kSam, a, *in, 0, res,
+                 [s](const hmm_problem_t& p, size_t* b) { return hmm_sample_workspace_size(&p, s, b); },
+                 [&](Call& c, void* ws) {
+                   return hmm_sample(&c.p, &c.in, s, static_cast<const int32_t*>(seed.data_ptr),
+                                     static_cast<int32_t*>((*out)[0].data_ptr), ws);
+                 });
 }
 
 /* Inference ops: zero gradients for every input (they are not differentiated). */
