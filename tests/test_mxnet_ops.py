@@ -226,3 +226,33 @@ def test_library_loads_once_and_reports_version():
     h1, h2 = _library.load(), _library.load()
     assert h1 is h2
     assert h1.hmm_abi_version() == 1
+
+
+def test_gpu_request_without_cuda_says_so():
+    """A CPU-only build answers a CUDA problem with a status that says how to get CUDA."""
+    import ctypes
+    lib = gh._library.load()
+    if lib.hmm_has_cuda():
+        pytest.skip("this build has CUDA: the GPU path is tested by tests/gpu on a GPU machine")
+
+    class Problem(ctypes.Structure):
+        _fields_ = [("batch", ctypes.c_int64), ("time", ctypes.c_int64), ("states", ctypes.c_int64),
+                    ("dtype", ctypes.c_int), ("init_mode", ctypes.c_int),
+                    ("trans_mode", ctypes.c_int), ("lengths_type", ctypes.c_int),
+                    ("device", ctypes.c_int), ("num_threads", ctypes.c_int),
+                    ("stream", ctypes.c_void_p)]
+
+    class Inputs(ctypes.Structure):
+        _fields_ = [("log_init", ctypes.c_void_p), ("log_trans", ctypes.c_void_p),
+                    ("log_emit", ctypes.c_void_p), ("lengths", ctypes.c_void_p)]
+
+    li, lt, le = np.zeros(2, np.float32), np.zeros((2, 2), np.float32), np.zeros((1, 3, 2), np.float32)
+    out, saved = np.zeros(1, np.float32), np.zeros(64, np.float32)
+    p = Problem(1, 3, 2, 0, 0, 0, 0, 1, 0, None)
+    inp = Inputs(li.ctypes.data, lt.ctypes.data, le.ctypes.data, None)
+    status = lib.hmm_forward(ctypes.byref(p), ctypes.byref(inp), out.ctypes.data_as(ctypes.c_void_p),
+                             saved.ctypes.data_as(ctypes.c_void_p))
+    assert status == 4
+    lib.hmm_status_string.restype = ctypes.c_char_p
+    assert b"built without CUDA" in lib.hmm_status_string(status)
+    assert b"GLUON_HMM_CUDA=1" in lib.hmm_status_string(status)
