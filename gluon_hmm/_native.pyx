@@ -134,9 +134,15 @@ cdef class _Call:
                 codes[k] = 9
                 continue
             if type(x) is not np.ndarray:
+                if hasattr(x, "asnumpy"):
+                    raise TypeError("%s must be a NumPy array, got %s: use gluon_hmm's MXNet "
+                                    "functions for NDArrays, or .asnumpy()"
+                                    % (_NAMES[k], type(x).__name__))
                 x = np.asarray(x)
                 if k == 3 and x.dtype.kind in "ui" and _code(x) == 9:
                     x = x.astype(np.int64)
+            if not x.dtype.isnative:  # e.g. big-endian data from np.load
+                x = x.astype(x.dtype.newbyteorder("="))
             a = x
             if a.ndim > 4:
                 raise ValueError("%s must have at most 4 dimensions, got shape %s"
@@ -145,8 +151,6 @@ cdef class _Call:
             for d in range(a.ndim):
                 shape_store[k][d] = a.shape[d]
             codes[k] = _code(a)
-            if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-                a = np.ascontiguousarray(a)  # strided and Fortran-ordered inputs are welcome
             arrays[k] = a
         hmm_problem_init(&self.problem)
         st = hmm_describe(shapes, ndims, codes, names, &self.problem, message, sizeof(message))
@@ -161,6 +165,9 @@ cdef class _Call:
             _raise(st, "describe")
         self.problem.num_threads = num_threads
         self.dtype = np.float32 if self.problem.dtype == HMM_FLOAT32 else np.float64
+        for k in range(4):  # copies only after the shapes are known to be valid
+            if arrays[k] is not None and not cnp.PyArray_IS_C_CONTIGUOUS(arrays[k]):
+                arrays[k] = np.ascontiguousarray(arrays[k])  # strided / Fortran order welcome
         self.arrays = arrays
         self.inputs.log_init = cnp.PyArray_DATA(arrays[0])
         self.inputs.log_trans = cnp.PyArray_DATA(arrays[1])

@@ -53,7 +53,9 @@ hmm_status_t check_problem(const hmm_problem_t* p) {
 hmm_status_t check_inputs(const hmm_problem_t* p, const hmm_inputs_t* in) {
   if (!in) return HMM_STATUS_NULL_POINTER;
   const bool empty = p->batch == 0;
-  if (!empty && (!in->log_init || !in->log_trans)) return HMM_STATUS_NULL_POINTER;
+  // Zero-size arrays may come with a NULL data pointer (MXNet does that).
+  const bool trans_empty = p->trans_mode == HMM_TRANS_TIME_VARYING && p->time == 0;
+  if (!empty && (!in->log_init || (!in->log_trans && !trans_empty))) return HMM_STATUS_NULL_POINTER;
   if (!empty && p->time > 0 && !in->log_emit) return HMM_STATUS_NULL_POINTER;
   if (p->lengths_type != HMM_LENGTHS_NONE && !in->lengths && !empty) return HMM_STATUS_NULL_POINTER;
   return HMM_STATUS_SUCCESS;
@@ -273,7 +275,7 @@ hmm_status_t hmm_posterior(const hmm_problem_t* p, const hmm_inputs_t* in, void*
                            void* workspace) {
   HMM_TRY(check_problem(p));
   HMM_TRY(check_inputs(p, in));
-  if (!gamma && p->batch > 0) return HMM_STATUS_NULL_POINTER;
+  if (!gamma && p->batch > 0 && p->time > 0) return HMM_STATUS_NULL_POINTER;
   return HMM_DISPATCH(p, posterior, p, in, gamma, trans_counts, loglik, init_counts, workspace);
 }
 
@@ -282,7 +284,7 @@ hmm_status_t hmm_viterbi(const hmm_problem_t* p, const hmm_inputs_t* in, int32_t
   HMM_TRY(check_problem(p));
   HMM_TRY(check_inputs(p, in));
   if (p->batch == 0) return HMM_STATUS_SUCCESS;
-  if (!path || !score) return HMM_STATUS_NULL_POINTER;
+  if ((!path && p->time > 0) || !score) return HMM_STATUS_NULL_POINTER;
   return HMM_DISPATCH(p, viterbi, p, in, path, score, workspace);
 }
 
@@ -291,7 +293,7 @@ hmm_status_t hmm_sample(const hmm_problem_t* p, const hmm_inputs_t* in, int64_t 
   HMM_TRY(check_problem(p));
   HMM_TRY(check_inputs(p, in));
   if (num_samples < 0) return HMM_STATUS_INVALID_VALUE;
-  if (p->batch == 0 || num_samples == 0) return HMM_STATUS_SUCCESS;
+  if (p->batch == 0 || num_samples == 0 || p->time == 0) return HMM_STATUS_SUCCESS;
   if (!paths || !seed) return HMM_STATUS_NULL_POINTER;
   return HMM_DISPATCH(p, sample, p, in, num_samples, seed, paths, workspace);
 }

@@ -59,7 +59,12 @@ using simd::splat;
 class Arena {
  public:
   ~Arena() { std::free(base_); }
-  void reset() { used_ = 0; }
+  // Forget every block; blocks chained past the arena are freed (and the arena
+  // grows once to hold them next time), so nothing accumulates across calls.
+  void reset() {
+    if (!spill_.empty()) release_spill();
+    used_ = 0;
+  }
   // Returns 64-byte aligned memory; grows (keeping nothing) only when reset.
   void* get(size_t bytes) {
     bytes = (bytes + 63) / 64 * 64;
@@ -210,6 +215,7 @@ void parallel_for(int64_t n, int threads, double work, F body) {
   if (t > n) t = static_cast<int>(n);
   if (work < 2e5) t = 1;
   if (t <= 1) {
+    ArenaScope scope(worker_arena());
     for (int64_t i = 0; i < n; ++i) body(i, 0);
     return;
   }

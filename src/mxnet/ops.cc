@@ -410,7 +410,8 @@ MXReturnValue sam_parse(const Attrs& a, int* ni, int* no) {
   int64_t s = 0;
   std::string err;
   if (!attr_int(a, "num_samples", &s, &err)) return error(kSam, err);
-  if (s < 0) return error(kSam, "num_samples must be >= 0, got " + std::to_string(s));
+  if (s < 0 || s > INT32_MAX)
+    return error(kSam, "num_samples must lie in [0, 2**31 - 1], got " + std::to_string(s));
   return rv;
 }
 MXReturnValue sam_type(const Attrs& a, std::vector<int>* in, std::vector<int>* out) {
