@@ -638,10 +638,6 @@ def run_mxnet(c):
     # MXNet's legacy shapes cannot hold a 0 dimension: such calls use NumPy shape semantics.
     np_shape = zero_dims
     le0 = effs[2]
-    if np_shape and not bad and le0.shape[1] == 0 and le0.shape[0] > 0:
-        # KNOWN ENGINE BUG (test_zero_steps_under_numpy_shape_semantics): T = 0 with B > 0
-        # fails through MXNet with "a required array pointer is NULL".
-        assume(False)
     empty_outputs = False
     if fn == "sample":
         ns = c["num_samples"]
@@ -946,6 +942,23 @@ def test_zero_steps_under_numpy_shape_semantics(op):
             out = gh.sample(li, lt, le, num_samples=2)
             out.wait_to_read()
             assert out.shape == (2, 2, 0)
+
+
+# fixed (was ENGINE BUG 3b: the backward refused the NULL pointer of an empty grad_emit)
+@pytest.mark.parametrize("trans", ["shared", "time"])
+def test_zero_steps_backward_under_numpy_shape_semantics(trans):
+    with mx.util.np_shape(True):
+        li, le = mx.nd.zeros((3,)), mx.nd.zeros((2, 0, 3))
+        lt = mx.nd.zeros((2, 0, 3, 3)) if trans == "time" else mx.nd.zeros((3, 3))
+        for a in (li, lt, le):
+            a.attach_grad()
+        with mx.autograd.record():
+            out = gh.log_likelihood(li, lt, le)
+        out.backward()
+        np.testing.assert_array_equal(out.asnumpy(), 0)
+        np.testing.assert_array_equal(li.grad.asnumpy(), 0)
+        assert le.grad.asnumpy().shape == (2, 0, 3)
+        np.testing.assert_array_equal(lt.grad.asnumpy(), 0)
 
 
 @pytest.mark.xfail(strict=True, reason="ENGINE BUG 4: an invalid call whose outputs are all "

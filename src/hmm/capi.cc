@@ -265,7 +265,7 @@ hmm_status_t hmm_backward(const hmm_problem_t* p, const hmm_inputs_t* in, const 
     return HMM_DISPATCH(p, backward, p, in, saved, grad_loglik, grad_init, grad_trans,
                         grad_emit, workspace);
   }
-  if (!saved || !grad_loglik || !grad_emit) return HMM_STATUS_NULL_POINTER;
+  if (!saved || !grad_loglik || (!grad_emit && p->time > 0)) return HMM_STATUS_NULL_POINTER;
   return HMM_DISPATCH(p, backward, p, in, saved, grad_loglik, grad_init, grad_trans, grad_emit,
                       workspace);
 }
