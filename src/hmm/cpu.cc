@@ -648,9 +648,8 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   T* junk[G];
   std::fill(zero_row, zero_row + Np, T(0));
   T* A = nullptr;
-  T* At_unused = nullptr;
   if (M.trans_mode != HMM_TRANS_SHARED) A = ar.array<T>(N * Np);
-  TransCursor<T> cur{M, seq[0], A, At_unused, F.A, nullptr, F.mA};
+  TransCursor<T> cur{M, seq[0], A, nullptr, F.A, nullptr, F.mA};
   for (int g = 0; g < G; ++g) {
     L[g] = M.length(seq[g]);
     maxL = std::max(maxL, L[g]);
@@ -686,8 +685,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
       x[g] = act[g] ? F.S.alpha(seq[g], t - 1) : zero_row;
       y[g] = act[g] ? F.S.alpha(seq[g], t) : junk[g];
     }
-    const T* At_dummy = nullptr;
-    const T* Am = cur.get(t, false, G == 1 ? nullptr : &At_dummy);
+    const T* Am = cur.get(t, false, nullptr);
     gemm<T, G>(x, Am, N, Np, y);
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
@@ -833,8 +831,6 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
     Xrows = static_cast<const T**>(ar.get(sizeof(T*) * G * kBlock));
     Rrows = static_cast<const T**>(ar.get(sizeof(T*) * G * kBlock));
   }
-  double init_local[1] = {0};
-  (void)init_local;
   T* A = nullptr;
   T* At = nullptr;
   if (!shared) { A = ar.array<T>(N * Np); At = ar.array<T>(N * Np); }
@@ -1231,7 +1227,6 @@ void sample_one(const Model<T>& M, int64_t b, int64_t S, const int32_t* seed, in
   const int64_t selems = saved_elems(1, L, N, dtype_of<T>());
   T* sbuf = ar.array<T>(selems);
   Saved<T> sv{sbuf, 1, L, Np, dtype_of<T>(), N};
-  hmm_inputs_t one{};
   Model<T> M1 = M;
   // View sequence b as a batch of one of length L.
   M1.B = 1;
@@ -1244,7 +1239,6 @@ void sample_one(const Model<T>& M, int64_t b, int64_t S, const int32_t* seed, in
   M1.init_mode = HMM_INIT_SHARED;
   if (M.trans_mode == HMM_TRANS_PER_SEQUENCE) { M1.trans = M.trans_of(b, 0); M1.trans_mode = HMM_TRANS_SHARED; }
   if (M.trans_mode == HMM_TRANS_TIME_VARYING) M1.trans = M.trans + b * TT * N * N;
-  (void)one;
   T* A = nullptr;
   T mA = sharedmA;
   if (M.trans_mode == HMM_TRANS_SHARED) {
