@@ -22,6 +22,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENGINE_SOURCES = ["src/hmm/capi.cc", "src/hmm/cpu.cc"]
+ENGINE_HEADERS = sorted(glob.glob(os.path.join(HERE, "src", "hmm", "*.h")))
 CXXFLAGS = ["-O3", "-std=gnu++17", "-fPIC", "-Wall", "-Wno-psabi", "-ffp-contract=fast",
             "-fno-math-errno", "-pthread"]
 CUDA_ARCHS = ["75", "80", "86", "89", "90"]
@@ -72,12 +73,25 @@ class BuildWithOpLibrary(build_ext):
             shutil.copy2(built, dest + ".tmp")
             os.replace(dest + ".tmp", dest)
 
+    def compile_stale(self, sources, output_dir, depends, **kwargs):
+        """compiler.compile for the sources whose object is missing or older than the
+        source, a file of ``depends`` or setup.py (distutils itself recompiles everything,
+        ~1.5 min for the engine); all of them with --force."""
+        objects = self.compiler.object_filenames(sources, output_dir=output_dir)
+        newest_dep = max(os.path.getmtime(f) for f in list(depends) + [__file__])
+        stale = [src for src, obj in zip(sources, objects)
+                 if self.force or not os.path.exists(obj)
+                 or os.path.getmtime(obj) < max(newest_dep, os.path.getmtime(src))]
+        if stale:
+            self.compiler.compile(stale, output_dir=output_dir, **kwargs)
+        return objects
+
     def build_extensions(self):
         # The engine is compiled once and linked into both front ends.
         macros = [("GLUON_HMM_WITH_CUDA", "1")] if want_cuda() else []
-        self.engine_objects = self.compiler.compile(
-            ENGINE_SOURCES, output_dir=os.path.join(self.build_temp, "engine"), macros=macros,
-            include_dirs=["src/hmm"], extra_postargs=CXXFLAGS)
+        self.engine_objects = self.compile_stale(
+            ENGINE_SOURCES, os.path.join(self.build_temp, "engine-cuda" if want_cuda() else "engine"),
+            ENGINE_HEADERS, macros=macros, include_dirs=["src/hmm"], extra_postargs=CXXFLAGS)
         if want_cuda():
             self.engine_objects.append(self.compile_cuda())
         for ext in self.extensions:
@@ -111,15 +125,16 @@ class BuildWithOpLibrary(build_ext):
         tmp = os.path.join(self.build_temp, "oplib")
         os.makedirs(tmp, exist_ok=True)
         includes = [os.path.join(mx, "include"), "src/hmm", "src"]
-        objects = cc.compile(["src/mxnet/ops.cc"], output_dir=tmp,
-                             include_dirs=includes, extra_postargs=CXXFLAGS)
+        lib_api_h = os.path.join(mx, "include", "mxnet", "lib_api.h")
+        objects = self.compile_stale(["src/mxnet/ops.cc"], tmp, ENGINE_HEADERS + [lib_api_h],
+                                     include_dirs=includes, extra_postargs=CXXFLAGS)
         objects += list(self.engine_objects)
         # lib_api.cc as shipped, with its leaking _msgGet renamed out of the way
         # (src/mxnet/ops.cc exports the replacement).
-        objects += cc.compile([os.path.join(mx, "src", "lib_api.cc")],
-                              output_dir=os.path.join(tmp, "mxnet"),
-                              macros=[("_msgGet", "gluon_hmm_replaced_msgGet")],
-                              include_dirs=includes, extra_postargs=CXXFLAGS + ["-w"])
+        objects += self.compile_stale([os.path.join(mx, "src", "lib_api.cc")],
+                                      os.path.join(tmp, "mxnet"), [lib_api_h],
+                                      macros=[("_msgGet", "gluon_hmm_replaced_msgGet")],
+                                      include_dirs=includes, extra_postargs=CXXFLAGS + ["-w"])
         libs, lib_dirs = [], []
         if want_cuda():
             libs = ["cudart_static", "rt", "dl"]
@@ -135,7 +150,7 @@ native = Extension(
     "gluon_hmm._native",
     sources=["gluon_hmm/_native.pyx"],
     # relink when the engine (linked in as extra objects) changes
-    depends=ENGINE_SOURCES + glob.glob("src/hmm/*.h") + glob.glob("src/hmm/*.cu"),
+    depends=ENGINE_SOURCES + ENGINE_HEADERS + glob.glob("src/hmm/*.cu"),
     include_dirs=[numpy.get_include(), "src/hmm"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=CXXFLAGS,
