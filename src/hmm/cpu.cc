@@ -1145,23 +1145,29 @@ void viterbi_one(const Model<T>& M, int64_t b, int32_t* path, T* score, const do
       const int64_t key = M.trans_mode == HMM_TRANS_PER_SEQUENCE ? 0 : t;
       if (key != loaded) {
         const T* src = M.trans_of(b, t);
-        for (int64_t k = 0; k < N * N; ++k) { lt[k] = double(src[k]); nan_seen |= std::isnan(lt[k]); }
+        for (int64_t k = 0; k < N * N; ++k) lt[k] = double(src[k]);
         loaded = key;
       }
       m = lt;
     }
     int32_t* bpt = bp + t * N;
     for (int64_t j = 0; j < N; ++j) { next[j] = -INFINITY; bpt[j] = 0; }
+    // A NaN candidate (a NaN weight, or -inf + inf: an infinite weight out of an
+    // unreachable state, 0 * inf in the forward pass) makes the score NaN, as it
+    // makes the log-likelihood NaN; the max itself would silently drop it.
+    bool cand_nan = false;
     for (int64_t i = 0; i < N; ++i) {
       const double di = delta[i];
       const double* row = m + i * N;
       for (int64_t j = 0; j < N; ++j) {
         const double cand = di + row[j];
         const bool better = cand > next[j];  // strict: the lower i wins ties
+        cand_nan |= cand != cand;
         next[j] = better ? cand : next[j];
         bpt[j] = better ? int32_t(i) : bpt[j];
       }
     }
+    nan_seen |= cand_nan;
     const T* e = M.emit_of(b, t);
     for (int64_t j = 0; j < N; ++j) {
       delta[j] = next[j] + double(e[j]);
@@ -1182,19 +1188,14 @@ void viterbi_impl(const hmm_problem_t* p, const hmm_inputs_t* in, int32_t* path,
   Model<T> M(p, in);
   ArenaScope scope(call_arena());
   double* shared_lt = nullptr;
-  bool shared_nan = false;
   if (M.trans_mode == HMM_TRANS_SHARED) {
     shared_lt = call_arena().array<double>(M.N * M.N);
-    for (int64_t k = 0; k < M.N * M.N; ++k) {
-      shared_lt[k] = double(M.trans[k]);
-      shared_nan |= std::isnan(shared_lt[k]);
-    }
+    for (int64_t k = 0; k < M.N * M.N; ++k) shared_lt[k] = double(M.trans[k]);
   }
   parallel_for(M.B, effective_threads(p), flops_estimate(M), [&](int64_t b, int) {
     Arena& ar = worker_arena();
     ar.reset();
     viterbi_one(M, b, path, score, shared_lt, ar);
-    if (shared_nan && M.length(b) > 1) score[b] = T(NAN);
   });
 }
 

@@ -1269,15 +1269,15 @@ __global__ void __launch_bounds__(1024) viterbi_kernel(const VitArgs<T> a) {
       if (As) {
         for (; i < a.R; ++i) {
           const T lt = As[i * a.S + j];
-          nan_seen |= isnan(lt);
           const double cand = dp[i] + static_cast<double>(lt);
+          nan_seen |= isnan(cand);  // NaN weight, or -inf + inf (0 * inf)
           if (cand > best) { best = cand; arg = i; }  // strict: the lower i wins ties
         }
       }
       for (; i < n; ++i) {
         const T lt = Mg[static_cast<int64_t>(i) * n + j];
-        nan_seen |= isnan(lt);
         const double cand = dp[i] + static_cast<double>(lt);
+        nan_seen |= isnan(cand);  // NaN weight, or -inf + inf (0 * inf)
         if (cand > best) { best = cand; arg = i; }
       }
       d = best + static_cast<double>(v.emit(b, t)[j]);
