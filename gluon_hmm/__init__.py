@@ -15,7 +15,7 @@ from . import _library
 _library.load()
 
 from . import numpy  # noqa: E402  (the NumPy binding, as gh.numpy)
-from .ops import log_likelihood, posterior, posterior_stats, sample, viterbi  # noqa: E402
+from .ops import InputError, log_likelihood, posterior, posterior_stats, sample, viterbi  # noqa: E402
 from ._native import has_cuda  # noqa: E402
 from .blocks import HMM, CategoricalHMM, GaussianHMM, LinearChainCRF  # noqa: E402
 
@@ -31,6 +31,6 @@ def set_num_threads(n):
     _library.load().hmm_set_num_threads(n)
 
 
-__all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample", "numpy",
+__all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample", "InputError", "numpy",
            "set_num_threads", "has_cuda", "HMM", "CategoricalHMM", "GaussianHMM",
            "LinearChainCRF"]

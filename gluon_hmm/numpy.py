@@ -75,13 +75,24 @@ def viterbi(log_init, log_trans, log_emit, lengths=None, num_threads=0):
     return Viterbi(*_call(log_init, log_trans, log_emit, lengths, num_threads).viterbi())
 
 
+def _is_integer(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _num_samples(x):
+    """num_samples as a Python int (also from NumPy integers); bools and negatives refused."""
+    if not _is_integer(x) or x < 0:
+        raise ValueError("num_samples must be a non-negative integer, got %r" % (x,))
+    return int(x)
+
+
 def _seed_pair(seed):
     if seed is None:
         return np.random.default_rng().integers(0, 2 ** 32, size=2, dtype=np.uint64)
-    if isinstance(seed, (int, np.integer)):
+    if _is_integer(seed):
         s = int(seed)
-        if s < 0:
-            raise ValueError("seed must be a non-negative integer, got %d" % s)
+        if not 0 <= s < 2 ** 64:
+            raise ValueError("seed must be an integer in [0, 2**64), got %d" % s)
         return np.array([(s >> 32) & 0xFFFFFFFF, s & 0xFFFFFFFF], dtype=np.uint64)
     if isinstance(seed, np.random.Generator):
         return seed.integers(0, 2 ** 32, size=2, dtype=np.uint64)
@@ -97,10 +108,9 @@ def sample(log_init, log_trans, log_emit, lengths=None, num_samples=1, seed=None
     fresh entropy) keys a counter-based generator: the same seed gives the same
     paths, on any thread count.  A sequence of probability zero gets paths of -1.
     """
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
-        raise ValueError("num_samples must be a non-negative int, got %r" % (num_samples,))
+    num_samples = _num_samples(num_samples)
     c = _call(log_init, log_trans, log_emit, lengths, num_threads)
-    return c.sample(int(num_samples), _seed_pair(seed).astype(np.int64))
+    return c.sample(num_samples, _seed_pair(seed).astype(np.int64))
 
 
 def set_num_threads(n):

@@ -6,13 +6,24 @@ inputs it builds graph nodes, so the same call works inside
 ``hybrid_forward(F, ...)`` before and after ``hybridize()`` and in exported
 models.  Shapes and conventions: see the README or ``gluon_hmm.numpy``.
 """
+import ctypes
 from collections import namedtuple
 
 import mxnet as mx
+import numpy as np
 
-from . import _library
+from . import _library, _native
+from .numpy import _num_samples
 
-__all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample"]
+__all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample", "InputError"]
+
+
+class InputError(mx.base.MXNetError, ValueError):
+    """Invalid inputs to a gluon_hmm operator on NDArrays, raised at the call.
+
+    Both an ``MXNetError`` (what MXNet operators raise) and a ``ValueError``
+    (what ``gluon_hmm.numpy`` raises for the same inputs).
+    """
 
 Posterior = namedtuple("Posterior", ["gamma", "trans_counts"])
 PosteriorStats = namedtuple("PosteriorStats", ["gamma", "trans_counts", "init_counts", "loglik"])
@@ -21,8 +32,53 @@ Viterbi = namedtuple("Viterbi", ["path", "score"])
 _NAMES = ("log_init", "log_trans", "log_emit", "lengths")
 
 
-def _frontend(log_init, log_trans, log_emit, lengths):
-    """(F, positional inputs, attributes) for a call, with clear errors on mixed types."""
+_CODES = {np.float32: 0, np.float64: 1, np.int32: 2, np.int64: 3}
+
+
+def _bind_mxnet_api():
+    """Give the Cython binding MXNet's C functions for an NDArray's shape and dtype."""
+    from mxnet.ndarray import ndarray as nd_module
+    lib = mx.base._LIB
+    shape64 = bool(nd_module._int64_enabled())  # what NDArray.shape uses
+    get_shape = lib.MXNDArrayGetShapeEx64 if shape64 else lib.MXNDArrayGetShapeEx
+    _native.bind_mxnet_api(ctypes.cast(get_shape, ctypes.c_void_p).value, shape64,
+                           ctypes.cast(lib.MXNDArrayGetDType, ctypes.c_void_p).value)
+
+
+_bind_mxnet_api()
+
+
+def _check_ndarrays(op, args):
+    """Validate NDArray inputs before invoking the operator (shapes and dtypes through the
+    engine's ``hmm_describe``, lengths values on the host).
+
+    The operator checks the same things, but MXNet 1.9.1 leaks memory on every failing
+    library-operator call (~0.5 KB per shape error, the outputs' storage per forward-time
+    error) and raises nothing for a failing call whose outputs are all empty; checking
+    here keeps failing calls clean and their errors at the call.  Costs about a
+    microsecond, plus a copy of ``lengths`` to the host when given.
+    """
+    lengths = args[3] if len(args) == 4 else None
+    T = _native.describe_ndarrays(args[0].handle.value, args[1].handle.value,
+                                  args[2].handle.value,
+                                  0 if lengths is None else lengths.handle.value)
+    try:
+        if T < 0:  # invalid: the slow path builds the message
+            arrays = (args[0], args[1], args[2], lengths)
+            dtypes = [None if a is None else a.dtype for a in arrays]
+            shapes = [None if a is None else (a.shape if a.shape is not None else ())
+                      for a in arrays]
+            T = _native.describe(shapes, [9 if d is None else _CODES.get(d, 9) for d in dtypes],
+                                 dtypes)
+        if lengths is not None:
+            _native.check_lengths(lengths.asnumpy(), T)
+    except ValueError as e:
+        raise InputError("gluon_hmm.%s: %s" % (op, e)) from None
+
+
+def _frontend(op, log_init, log_trans, log_emit, lengths):
+    """(F, positional inputs, attributes) for a call, with clear errors on mixed types
+    and, for NDArrays, on invalid inputs."""
     _library.load()
     if isinstance(log_emit, mx.sym.Symbol):
         F, kind = mx.sym, mx.sym.Symbol
@@ -36,6 +92,8 @@ def _frontend(log_init, log_trans, log_emit, lengths):
         if not isinstance(a, kind):
             raise TypeError("%s must be an %s like log_emit, got %s"
                             % (name, kind.__module__ + "." + kind.__name__, type(a).__name__))
+    if F is mx.nd:
+        _check_ndarrays(op, args)
     return F, args, {"has_lengths": 0 if lengths is None else 1}
 
 
@@ -71,13 +129,13 @@ def log_likelihood(log_init, log_trans, log_emit, lengths=None):
     ...                   mx.nd.log(mx.nd.ones((3, 3)) / 3), emit).shape
     (2,)
     """
-    F, args, attrs = _frontend(log_init, log_trans, log_emit, lengths)
+    F, args, attrs = _frontend("log_likelihood", log_init, log_trans, log_emit, lengths)
     return F.hmm_log_likelihood(*args, **attrs)[0]
 
 
 def posterior_stats(log_init, log_trans, log_emit, lengths=None):
     """gamma (B,T,N), trans_counts (shape of log_trans), init_counts (shape of log_init), loglik (B,)."""
-    F, args, attrs = _frontend(log_init, log_trans, log_emit, lengths)
+    F, args, attrs = _frontend("posterior", log_init, log_trans, log_emit, lengths)
     out = F.hmm_posterior(*args, **attrs)
     return PosteriorStats(*_block(F, [out[0], out[1], out[2], out[3]]))
 
@@ -97,7 +155,7 @@ def viterbi(log_init, log_trans, log_emit, lengths=None):
 
     Ties break towards the lower state index.  Not differentiable.
     """
-    F, args, attrs = _frontend(log_init, log_trans, log_emit, lengths)
+    F, args, attrs = _frontend("viterbi", log_init, log_trans, log_emit, lengths)
     out = F.hmm_viterbi(*args, **attrs)
     return Viterbi(*_block(F, [out[0], out[1]]))
 
@@ -109,9 +167,8 @@ def sample(log_init, log_trans, log_emit, lengths=None, num_samples=1):
     ``mx.random.seed``; a hybridized block draws fresh samples on every call).
     A sequence of probability zero gets paths of -1.
     """
-    if not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError("num_samples must be a non-negative int, got %r" % (num_samples,))
-    F, args, attrs = _frontend(log_init, log_trans, log_emit, lengths)
+    num_samples = _num_samples(num_samples)
+    F, args, attrs = _frontend("sample", log_init, log_trans, log_emit, lengths)
     kw = {} if F is mx.sym else {"ctx": log_emit.context}
     seed = F.random.randint(low=-2 ** 31, high=2 ** 31 - 1, shape=(2,), dtype="int32", **kw)
     out = F.hmm_sample(*(args + [seed]), num_samples=num_samples, **attrs)

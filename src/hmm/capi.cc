@@ -29,6 +29,18 @@ bool mul_ok(int64_t a, int64_t b, int64_t* out) {
   return *out <= kMaxElems;
 }
 
+// The first size limit *p breaks, as text for an error message, or NULL.
+const char* size_violation(const hmm_problem_t* p) {
+  int64_t bt, btn, nn, btnn;
+  if (p->time > std::numeric_limits<int32_t>::max()) return "T must stay below 2**31";
+  if (p->states > (int64_t(1) << 20)) return "N must be at most 2**20";
+  if (!mul_ok(p->batch, p->time, &bt) || !mul_ok(p->states, p->states, &nn) ||
+      !mul_ok(bt, nn, &btnn))
+    return "B*T*N*N must stay below 2**46";
+  if (!mul_ok(bt, p->states + 8, &btn)) return "B*T*(N+8) must stay below 2**46";
+  return nullptr;
+}
+
 hmm_status_t check_problem(const hmm_problem_t* p) {
   if (!p) return HMM_STATUS_NULL_POINTER;
   if (p->batch < 0 || p->time < 0 || p->states < 1) return HMM_STATUS_INVALID_VALUE;
@@ -41,13 +53,7 @@ hmm_status_t check_problem(const hmm_problem_t* p) {
     return HMM_STATUS_INVALID_VALUE;
   if (p->device != HMM_DEVICE_CPU && p->device != HMM_DEVICE_CUDA) return HMM_STATUS_INVALID_VALUE;
   if (p->num_threads < 0) return HMM_STATUS_INVALID_VALUE;
-  int64_t bt, btn, nn, btnn;
-  if (!mul_ok(p->batch, p->time, &bt) || !mul_ok(bt, p->states + 8, &btn) ||
-      !mul_ok(p->states, p->states, &nn) || !mul_ok(bt, nn, &btnn))
-    return HMM_STATUS_TOO_LARGE;
-  if (p->time > std::numeric_limits<int32_t>::max() || p->states > (int64_t(1) << 20))
-    return HMM_STATUS_TOO_LARGE;
-  return HMM_STATUS_SUCCESS;
+  return size_violation(p) ? HMM_STATUS_TOO_LARGE : HMM_STATUS_SUCCESS;
 }
 
 hmm_status_t check_inputs(const hmm_problem_t* p, const hmm_inputs_t* in) {
@@ -163,7 +169,7 @@ hmm_status_t hmm_describe(const int64_t* const shapes[4], const int ndims[4], co
   const hmm_status_t s = check_problem(p);
   if (s == HMM_STATUS_TOO_LARGE)
     return fail(message, message_len,
-                "inputs too large: B*T*N*N must stay below 2**46 and T below 2**31" + dims);
+                std::string("inputs too large: ") + size_violation(p) + dims);
   if (s != HMM_STATUS_SUCCESS) return fail(message, message_len, hmm_status_string(s));
   return HMM_STATUS_SUCCESS;
 }
