@@ -27,6 +27,7 @@
  */
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
@@ -128,56 +129,86 @@ class Pool {
   void run(int n, const std::function<void(int)>& job) {
     if (n <= 1 || !busy_.try_lock()) { job(0); return; }
     std::lock_guard<std::mutex> guard(busy_, std::adopt_lock);
+    n = std::min(n, kMaxThreads);
     ensure_workers(n - 1);
+    job_ = &job;
+    pending_.store(n - 1, std::memory_order_relaxed);
     {
+      // Under mu_: a worker about to sleep either sees the new state or is woken.
+      // Generation and worker count change together, in one word.
       std::lock_guard<std::mutex> lk(mu_);
-      job_ = &job;
-      active_ = n - 1;
-      pending_ = n - 1;
-      ++generation_;
+      const int64_t gen = (state_.load(std::memory_order_relaxed) >> 8) + 1;
+      state_.store(gen << 8 | int64_t(n - 1), std::memory_order_release);
     }
     cv_.notify_all();
     job(0);
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    // The workers' share is usually done when the caller's is: spin briefly first.
+    if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     job_ = nullptr;
   }
 
  private:
+  // Busy-waits up to kSpinNs for pred(); true if it held.  Waking a sleeping
+  // thread costs tens of microseconds to milliseconds on a virtual machine whose
+  // idle vCPU is halted: a worker that slept through a call's start lets the
+  // caller run every work item alone.  Workers therefore spin for a short while
+  // after each job (calls come in bursts: forward, then backward), as OpenMP
+  // runtimes do.
+  template <typename P>
+  static bool spin_until(P pred) {
+    constexpr int64_t kSpinNs = 200000;
+    const auto start = std::chrono::steady_clock::now();
+    for (int k = 0;; ++k) {
+      if (pred()) return true;
+      if ((k & 63) == 63 &&
+          std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(kSpinNs))
+        return pred();
+      cpu_relax();
+    }
+  }
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
   // Called before the job's generation is published: a new worker starts from
   // the current generation, so it takes part in the job about to start.
   void ensure_workers(int k) {
     while (static_cast<int>(count_) < k) {
       const int index = count_++;
-      int64_t gen;
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        gen = generation_;
-      }
+      const int64_t gen = state_.load(std::memory_order_acquire) >> 8;
       std::thread([this, index, gen] { loop(index, gen); }).detach();
     }
   }
   void loop(int index, int64_t seen) {
     for (;;) {
-      const std::function<void(int)>* job;
-      {
+      auto fresh = [&] { return (state_.load(std::memory_order_acquire) >> 8) != seen; };
+      if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return generation_ != seen; });
-        seen = generation_;
-        if (index >= active_) continue;
-        job = job_;
+        cv_.wait(lk, fresh);
       }
-      (*job)(index + 1);
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) done_cv_.notify_all();
+      const int64_t st = state_.load(std::memory_order_acquire);
+      seen = st >> 8;
+      if (index >= int(st & 255)) continue;  // not needed for this job
+      (*job_)(index + 1);
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(mu_);  // pairs with the caller's wait
+        done_cv_.notify_all();
+      }
     }
   }
 
   std::mutex busy_, mu_;
   std::condition_variable cv_, done_cv_;
   const std::function<void(int)>* job_ = nullptr;
-  int64_t generation_ = 0;
-  int active_ = 0, pending_ = 0;
+  static constexpr int kMaxThreads = 256;
+  std::atomic<int64_t> state_{0};  // generation << 8 | number of workers in the job
+  std::atomic<int> pending_{0};
   std::atomic<int> count_{0};
 };
 
@@ -732,15 +763,16 @@ struct BwdShared {
   T mA;
 };
 
-// Per-thread accumulators for shared parameters.
-struct ThreadAcc {
+// float64 accumulators for the sums over the batch of shared-parameter
+// gradients, one set per chunk of work items (backward_impl).
+struct ChunkAcc {
   double* trans_pre;   // sum of alpha^T r, to be multiplied by A' (N x N)
   double* trans_direct;  // log-space counts (N x N)
   double* init;        // N
 };
 
 template <typename T>
-void backward_log_one(const BwdShared<T>& Bw, int64_t b, ThreadAcc* acc, Arena& ar) {
+void backward_log_one(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc, Arena& ar) {
   const Model<T>& M = *Bw.M;
   const int64_t N = M.N, TT = M.T_, L = M.length(b);
   const double w = double(Bw.w[b]);
@@ -772,7 +804,7 @@ void backward_log_one(const BwdShared<T>& Bw, int64_t b, ThreadAcc* acc, Arena& 
  * scaled recursion cannot be trusted for some member; the caller then redoes
  * the members one at a time. */
 template <typename T, int G>
-HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, ThreadAcc* acc,
+HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, ChunkAcc* acc,
                                Arena& ar) {
   const Model<T>& M = *Bw.M;
   const int64_t N = M.N, Np = M.Np, TT = M.T_;
@@ -966,7 +998,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Threa
     }                                                                                     \
   }                                                                                       \
   HMM_CLONES bool backward_item_##suffix(const BwdShared<T>& Bw, const int64_t* seq,      \
-                                         int g, ThreadAcc* acc, Arena& ar) {              \
+                                         int g, ChunkAcc* acc, Arena& ar) {              \
     switch (g) {                                                                          \
       case 4: return backward_group<T, 4>(Bw, seq, acc, ar);                              \
       case 3: return backward_group<T, 3>(Bw, seq, acc, ar);                              \
@@ -980,8 +1012,8 @@ HMM_DEFINE_ITEMS(double, f64)
 
 inline void forward_item(const FwdShared<float>& F, const int64_t* s, int g, Arena& a) { forward_item_f32(F, s, g, a); }
 inline void forward_item(const FwdShared<double>& F, const int64_t* s, int g, Arena& a) { forward_item_f64(F, s, g, a); }
-inline bool backward_item(const BwdShared<float>& B, const int64_t* s, int g, ThreadAcc* c, Arena& a) { return backward_item_f32(B, s, g, c, a); }
-inline bool backward_item(const BwdShared<double>& B, const int64_t* s, int g, ThreadAcc* c, Arena& a) { return backward_item_f64(B, s, g, c, a); }
+inline bool backward_item(const BwdShared<float>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return backward_item_f32(B, s, g, c, a); }
+inline bool backward_item(const BwdShared<double>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return backward_item_f64(B, s, g, c, a); }
 
 /* ------------------------------------------------------------------------ */
 /* Batch drivers.                                                             */
@@ -1038,6 +1070,17 @@ void forward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, T* loglik, T* 
   });
 }
 
+/* Chunks of backward work items with their own accumulators for sums over the
+ * batch: up to 16 (enough to balance 16 threads), fewer when their float64
+ * accumulators (2 N^2 + N each) would pass 256 MiB.  A function of the
+ * problem only, never of the thread count. */
+int64_t accumulator_chunks(int64_t nitems, int64_t acc_len) {
+  constexpr int64_t kMaxChunks = 16;
+  constexpr int64_t kBudgetBytes = int64_t(256) << 20;
+  const int64_t by_memory = std::max<int64_t>(1, kBudgetBytes / (acc_len * int64_t(sizeof(double))));
+  return std::min({nitems, kMaxChunks, by_memory});
+}
+
 template <typename T>
 void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* saved,
                    const T* w, T* grad_init, T* grad_trans, T* grad_emit) {
@@ -1055,23 +1098,29 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
     Bw.At = At;
   }
   const int threads = std::max(1, effective_threads(p));
-  // Per-thread float64 accumulators for shared init / trans.
-  const int64_t acc_len = 2 * N * N + N;
-  double* acc_mem = ca.array<double>(acc_len * threads);
-  std::fill(acc_mem, acc_mem + acc_len * threads, 0.0);
-  std::vector<ThreadAcc> accs(threads);
-  for (int k = 0; k < threads; ++k)
-    accs[k] = ThreadAcc{acc_mem + k * acc_len, acc_mem + k * acc_len + N * N,
-                        acc_mem + k * acc_len + 2 * N * N};
   Groups gr = make_groups(M, true, &Bw.S);
   std::vector<int64_t> flagged;
   for (int64_t b = 0; b < M.B; ++b) if (Bw.S.flag(b) != T(0)) flagged.push_back(b);
   const int64_t ng = static_cast<int64_t>(gr.start.size()) - 1;
   const int64_t nitems = ng + static_cast<int64_t>(flagged.size());
-  parallel_for(nitems, threads, 2 * flops_estimate(M), [&](int64_t k, int tid) {
-    Arena& ar = worker_arena();
+  // Sums over the batch (the gradients of a shared log_init / log_trans) are
+  // reproducible bit for bit whatever the thread count or the scheduling: the
+  // work items are cut into contiguous chunks, as many as the problem alone
+  // says; each chunk adds its items, in order, into its own float64
+  // accumulators, and the chunks are summed in order at the end.
+  const bool sums = (grad_init && M.init_mode == HMM_INIT_SHARED) ||
+                    (grad_trans && M.trans_mode == HMM_TRANS_SHARED);
+  const int64_t acc_len = 2 * N * N + N;
+  const int64_t nchunks = sums ? accumulator_chunks(nitems, acc_len) : nitems;
+  const int64_t nacc = sums ? nchunks : 1;
+  double* acc_mem = ca.array<double>(acc_len * nacc);
+  std::fill(acc_mem, acc_mem + acc_len * nacc, 0.0);
+  std::vector<ChunkAcc> accs(static_cast<size_t>(nacc));
+  for (int64_t k = 0; k < nacc; ++k)
+    accs[k] = ChunkAcc{acc_mem + k * acc_len, acc_mem + k * acc_len + N * N,
+                        acc_mem + k * acc_len + 2 * N * N};
+  auto item = [&](int64_t k, ChunkAcc* acc, Arena& ar) {
     ar.reset();
-    ThreadAcc* acc = &accs[tid];
     if (k >= ng) { backward_log_one(Bw, flagged[k - ng], acc, ar); return; }
     const int64_t* seq = gr.order.data() + gr.start[k];
     const int g = int(gr.start[k + 1] - gr.start[k]);
@@ -1083,11 +1132,16 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
       ar.reset();
       backward_log_one(Bw, seq[m], acc, ar);
     }
+  };
+  parallel_for(nchunks, threads, 2 * flops_estimate(M), [&](int64_t c, int) {
+    Arena& ar = worker_arena();
+    ChunkAcc* acc = &accs[sums ? c : 0];
+    for (int64_t k = c * nitems / nchunks; k < (c + 1) * nitems / nchunks; ++k) item(k, acc, ar);
   });
   if (grad_init && M.init_mode == HMM_INIT_SHARED) {
     for (int64_t j = 0; j < N; ++j) {
       double s = 0;
-      for (int k = 0; k < threads; ++k) s += accs[k].init[j];
+      for (int64_t k = 0; k < nacc; ++k) s += accs[k].init[j];
       grad_init[j] = T(s);
     }
   }
@@ -1095,7 +1149,7 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < N; ++j) {
         double pre = 0, direct = 0;
-        for (int k = 0; k < threads; ++k) {
+        for (int64_t k = 0; k < nacc; ++k) {
           pre += accs[k].trans_pre[i * N + j];
           direct += accs[k].trans_direct[i * N + j];
         }
