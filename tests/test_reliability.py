@@ -68,9 +68,10 @@ def test_soak_every_outcome_right_and_latency_flat(soak_windows):
 
 
 def test_soak_rss_bounded(soak_windows):
-    """Gross leaks only (e.g. an error list that never empties); per-call leaks: see below."""
+    """No growth beyond allocator noise (10**5 calls: 0.1 MiB; 21.7 MiB before failing
+    MXNet calls were checked in Python); per-call C-heap growth: see below."""
     growth = soak_windows[-1]["rss_mb"] - soak_windows[0]["rss_before_mb"]
-    assert growth < 24.0, soak_windows
+    assert growth < 8.0, soak_windows
 
 
 # ----------------------------------------------------------------------------------------
