@@ -687,6 +687,30 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     ok[g] = true;
     junk[g] = ar.array<T>(Np);
   }
+  // Lazy normalisation: the alpha slot of step t first holds p_t unnormalised; the
+  // product for step t+1 starts from p_t at once, while c_t = sum(p_t) and 1/c_t are
+  // computed beside it (they are off the critical path), and 1/c_t is folded into
+  // p_{t+1} = (p_t A') * u_{t+1} / c_t = (alpha_t A') * u_{t+1}.  Then p_t is scaled
+  // to alpha_t in place.  p_t <= N (alpha_{t-1} sums to 1, A' and u are <= 1), so
+  // deferring the division cannot overflow.
+  T inv_prev[G];  // 1 / c_{t-1}, to fold into step t
+  // Normalises slot t of member g (p_t -> alpha_t); false when c_t is unusable.
+  auto settle = [&](int g, int64_t t) {
+    const int64_t b = seq[g];
+    T* a = F.S.alpha(b, t);
+    const T c = row_sum(a, Np);
+    if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) return false;
+    const T inv = T(1) / c;
+    inv_prev[g] = inv;
+    F.S.scale(b, t) = c;
+    ll[g].mul(double(c));
+    return true;
+  };
+  auto scale_row = [&](int g, int64_t t) {
+    T* a = F.S.alpha(seq[g], t);
+    const vec_t<T> inv = splat<T>(inv_prev[g]);
+    for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
+  };
   // t = 0
   for (int g = 0; g < G; ++g) {
     if (L[g] == 0) continue;
@@ -699,12 +723,6 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     const T m = load_emission(M.emit_of(b, 0), N, Np, ebuf);
     exp_row(ebuf, m, Np, ubuf);
     for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * load(ubuf + j));
-    const T c = row_sum(a, Np);
-    if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) { ok[g] = false; continue; }
-    const T inv = T(1) / c;
-    for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
-    F.S.scale(b, 0) = c;
-    ll[g].mul(double(c));
     ll[g].shift += double(m) + double(mi);
   }
   for (int64_t t = 1; t < maxL; ++t) {
@@ -713,6 +731,8 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     bool act[G];
     for (int g = 0; g < G; ++g) {
       act[g] = ok[g] && t < L[g];
+      // c_{t-1} first in program order: its reduction overlaps the product below
+      if (act[g] && !settle(g, t - 1)) { ok[g] = false; act[g] = false; }
       x[g] = act[g] ? F.S.alpha(seq[g], t - 1) : zero_row;
       y[g] = act[g] ? F.S.alpha(seq[g], t) : junk[g];
     }
@@ -720,19 +740,22 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     gemm<T, G>(x, Am, N, Np, y);
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
+      scale_row(g, t - 1);  // alpha_{t-1}, after the product has read p_{t-1}
       const int64_t b = seq[g];
       const T m = load_emission(M.emit_of(b, t), N, Np, ebuf);
       exp_row(ebuf, m, Np, ubuf);
       T* a = y[g];
-      for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * load(ubuf + j));
-      const T c = row_sum(a, Np);
-      if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) { ok[g] = false; continue; }
-      const T inv = T(1) / c;
-      for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
-      F.S.scale(b, t) = c;
-      ll[g].mul(double(c));
+      const vec_t<T> inv = splat<T>(inv_prev[g]);
+      for (int64_t j = 0; j < Np; j += Vec<T>::W)
+        store(a + j, load(a + j) * (load(ubuf + j) * inv));
       ll[g].shift += double(m) + double(cur.mA);
     }
+  }
+  // the last step of each member
+  for (int g = 0; g < G; ++g) {
+    if (!ok[g] || L[g] == 0) continue;
+    if (!settle(g, L[g] - 1)) { ok[g] = false; continue; }
+    scale_row(g, L[g] - 1);
   }
   for (int g = 0; g < G; ++g) {
     const int64_t b = seq[g];
@@ -829,7 +852,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
     beta[g] = ar.array<T>(Np);
     beta_next[g] = ar.array<T>(Np);
     r[g] = ar.array<T>(Np);
-    xa[g] = ar.array<T>(Np);
+    xa[g] = tv ? ar.array<T>(Np) : nullptr;  // only time-varying matrices use it
     junk[g] = ar.array<T>(Np);
     if (Bw.grad_emit) {
       T* ge = Bw.grad_emit + seq[g] * TT * N;
