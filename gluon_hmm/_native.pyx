@@ -106,6 +106,37 @@ def get_num_threads():
     return hmm_get_num_threads()
 
 
+cdef struct _Desc:
+    # the shapes, ranks (-1: no lengths) and dtype codes hmm_describe reads
+    int64_t shape_store[4][4]
+    const int64_t* shapes[4]
+    int ndims[4]
+    int codes[4]
+
+
+cdef _describe_or_raise(_Desc* d, dtypes, hmm_problem_t* problem):
+    """hmm_describe on d; on invalid inputs, ValueError with the engine's message.  The
+    dtype names it needs come from dtypes: arrays or anything np.dtype takes (None: none)."""
+    cdef const char* names[4]
+    cdef char message[512]
+    cdef int k
+    for k in range(4):
+        d.shapes[k] = d.shape_store[k]
+        names[k] = NULL
+    st = hmm_describe(d.shapes, d.ndims, d.codes, names, problem, message, sizeof(message))
+    if st == HMM_STATUS_SUCCESS:
+        return
+    name_bytes = [b"none" if x is None else
+                  (x.dtype if isinstance(x, np.ndarray) else np.dtype(x)).name.encode()
+                  for x in dtypes]
+    for k in range(4):
+        names[k] = name_bytes[k]
+    st = hmm_describe(d.shapes, d.ndims, d.codes, names, problem, message, sizeof(message))
+    if st == HMM_STATUS_INVALID_VALUE:
+        raise ValueError(message.decode())
+    _raise(st, "describe")
+
+
 def describe(shapes, codes, dtypes):
     """Validates a call from its arrays' shapes and dtype codes alone; returns T.
 
@@ -115,40 +146,25 @@ def describe(shapes, codes, dtypes):
     3 int64, 9 other), dtypes[k] anything ``np.dtype`` names, for messages.
     Raises ValueError with the engine's message naming the argument.
     """
-    cdef int64_t shape_store[4][4]
-    cdef const int64_t* shapes_p[4]
-    cdef int ndims[4]
-    cdef int code_arr[4]
-    cdef const char* names[4]
-    cdef char message[512]
+    cdef _Desc desc
     cdef hmm_problem_t problem
     cdef int k, d
     for k in range(4):
-        shapes_p[k] = shape_store[k]
-        names[k] = NULL
         s = shapes[k]
         if s is None:
-            ndims[k] = -1
-            code_arr[k] = 9
+            desc.ndims[k] = -1
+            desc.codes[k] = 9
             continue
         if len(s) > 4:
             raise ValueError("%s must have at most 4 dimensions, got shape %s"
                              % (_NAMES[k], tuple(s)))
-        ndims[k] = len(s)
-        for d in range(ndims[k]):
-            shape_store[k][d] = s[d]
-        code_arr[k] = codes[k]
+        desc.ndims[k] = len(s)
+        for d in range(desc.ndims[k]):
+            desc.shape_store[k][d] = s[d]
+        desc.codes[k] = codes[k]
     hmm_problem_init(&problem)
-    st = hmm_describe(shapes_p, ndims, code_arr, names, &problem, message, sizeof(message))
-    if st == HMM_STATUS_SUCCESS:
-        return problem.time
-    name_bytes = [b"none" if x is None else np.dtype(x).name.encode() for x in dtypes]
-    for k in range(4):
-        names[k] = name_bytes[k]
-    st = hmm_describe(shapes_p, ndims, code_arr, names, &problem, message, sizeof(message))
-    if st == HMM_STATUS_INVALID_VALUE:
-        raise ValueError(message.decode())
-    _raise(st, "describe")
+    _describe_or_raise(&desc, dtypes, &problem)
+    return problem.time
 
 
 # MXNet's C API (include/mxnet/c_api.h of the wheel), bound at run time by
@@ -272,22 +288,15 @@ cdef class _Call:
     cdef public object dtype
 
     def __init__(self, log_init, log_trans, log_emit, lengths, int num_threads):
-        cdef int64_t shape_store[4][4]
-        cdef const int64_t* shapes[4]
-        cdef int ndims[4]
-        cdef int codes[4]
-        cdef const char* names[4]
-        cdef char message[512]
+        cdef _Desc desc
         cdef cnp.ndarray a
         cdef int k, d
         arrays = [log_init, log_trans, log_emit, lengths]
         for k in range(4):
-            shapes[k] = shape_store[k]
-            names[k] = NULL
             x = arrays[k]
             if x is None:
-                ndims[k] = -1
-                codes[k] = 9
+                desc.ndims[k] = -1
+                desc.codes[k] = 9
                 continue
             if type(x) is not np.ndarray:
                 if hasattr(x, "asnumpy"):
@@ -303,22 +312,13 @@ cdef class _Call:
             if a.ndim > 4:
                 raise ValueError("%s must have at most 4 dimensions, got shape %s"
                                  % (_NAMES[k], tuple(x.shape)))
-            ndims[k] = a.ndim
+            desc.ndims[k] = a.ndim
             for d in range(a.ndim):
-                shape_store[k][d] = a.shape[d]
-            codes[k] = _code(a)
+                desc.shape_store[k][d] = a.shape[d]
+            desc.codes[k] = _code(a)
             arrays[k] = a
         hmm_problem_init(&self.problem)
-        st = hmm_describe(shapes, ndims, codes, names, &self.problem, message, sizeof(message))
-        if st != HMM_STATUS_SUCCESS:
-            # describe again with dtype names, for the message
-            name_bytes = [b"none" if x is None else str(x.dtype).encode() for x in arrays]
-            for k in range(4):
-                names[k] = name_bytes[k]
-            st = hmm_describe(shapes, ndims, codes, names, &self.problem, message, sizeof(message))
-            if st == HMM_STATUS_INVALID_VALUE:
-                raise ValueError(message.decode())
-            _raise(st, "describe")
+        _describe_or_raise(&desc, arrays, &self.problem)
         self.problem.num_threads = num_threads
         self.dtype = np.float32 if self.problem.dtype == HMM_FLOAT32 else np.float64
         for k in range(4):  # copies only after the shapes are known to be valid
