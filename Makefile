@@ -7,6 +7,8 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.deps-installed
 SOURCES = $(wildcard src/hmm/*.h src/hmm/*.cc src/hmm/*.cu src/mxnet/*.cc) gluon_hmm/_native.pyx setup.py
 BUILT   = gluon_hmm/libgluon_hmm_mxnet.so
+# The package is built in place, not installed: scripts run from the checkout find it here.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: all venv build test test-quick demo bench clean
 
