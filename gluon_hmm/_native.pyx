@@ -77,8 +77,8 @@ cdef extern from "hmm.h":
 _NAMES = ("log_init", "log_trans", "log_emit", "lengths")
 
 
-cdef int _code(cnp.ndarray a):
-    cdef int t = cnp.PyArray_TYPE(a)
+cdef int _code_num(int t):
+    # NumPy type number -> hmm_dtype_code_t
     if t == cnp.NPY_FLOAT32:
         return 0
     if t == cnp.NPY_FLOAT64:
@@ -88,6 +88,10 @@ cdef int _code(cnp.ndarray a):
     if t == cnp.NPY_INT64:
         return 3
     return 9
+
+
+cdef int _code(cnp.ndarray a):
+    return _code_num(cnp.PyArray_TYPE(a))
 
 
 def abi_version():
@@ -137,14 +141,13 @@ cdef _describe_or_raise(_Desc* d, dtypes, hmm_problem_t* problem):
     _raise(st, "describe")
 
 
-def describe(shapes, codes, dtypes):
-    """Validates a call from its arrays' shapes and dtype codes alone; returns T.
+def describe(shapes, dtypes):
+    """Validates a call from its arrays' shapes and dtypes alone; returns T.
 
-    For frameworks whose arrays live elsewhere (the MXNet frontend checks NDArrays
-    with it before invoking an operator).  shapes[k] is a tuple or None (no
-    lengths), codes[k] an hmm_dtype_code_t (0 float32, 1 float64, 2 int32,
-    3 int64, 9 other), dtypes[k] anything ``np.dtype`` names, for messages.
-    Raises ValueError with the engine's message naming the argument.
+    For frameworks whose arrays live elsewhere (the MXNet frontend builds its error
+    messages with it).  shapes[k] is a tuple or None (no lengths), dtypes[k]
+    anything ``np.dtype`` takes.  Raises ValueError with the engine's message
+    naming the argument.
     """
     cdef _Desc desc
     cdef hmm_problem_t problem
@@ -161,7 +164,7 @@ def describe(shapes, codes, dtypes):
         desc.ndims[k] = len(s)
         for d in range(desc.ndims[k]):
             desc.shape_store[k][d] = s[d]
-        desc.codes[k] = codes[k]
+        desc.codes[k] = _code_num(np.dtype(dtypes[k]).num)
     hmm_problem_init(&problem)
     _describe_or_raise(&desc, dtypes, &problem)
     return problem.time
@@ -206,10 +209,7 @@ cdef int _mx_code(int mx_dtype):
 def describe_ndarrays(size_t h0, size_t h1, size_t h2, size_t h3):
     """hmm_describe on NDArray handles (h3 = 0: no lengths): T, or -1 if the inputs are
     invalid (the caller then gets the message from describe()).  Needs bind_mxnet_api."""
-    cdef int64_t shape_store[4][4]
-    cdef const int64_t* shapes_p[4]
-    cdef int ndims[4]
-    cdef int codes[4]
+    cdef _Desc desc
     cdef void* handles[4]
     cdef const int* d32
     cdef const int64_t* d64
@@ -223,27 +223,28 @@ def describe_ndarrays(size_t h0, size_t h1, size_t h2, size_t h3):
     handles[2] = <void*>h2
     handles[3] = <void*>h3
     for k in range(4):
-        shapes_p[k] = shape_store[k]
+        desc.shapes[k] = desc.shape_store[k]
         if handles[k] == NULL:
-            ndims[k] = -1
-            codes[k] = 9
+            desc.ndims[k] = -1
+            desc.codes[k] = 9
             continue
         if _mx_shape64 != NULL:
             if _mx_shape64(handles[k], &nd, &d64) != 0 or nd < 0 or nd > 4:
                 return -1
             for d in range(nd):
-                shape_store[k][d] = d64[d]
+                desc.shape_store[k][d] = d64[d]
         else:
             if _mx_shape32(handles[k], &nd, &d32) != 0 or nd < 0 or nd > 4:
                 return -1
             for d in range(nd):
-                shape_store[k][d] = d32[d]
+                desc.shape_store[k][d] = d32[d]
         if _mx_dtype(handles[k], &dt) != 0:
             return -1
-        ndims[k] = nd
-        codes[k] = _mx_code(dt)
+        desc.ndims[k] = nd
+        desc.codes[k] = _mx_code(dt)
     hmm_problem_init(&problem)
-    if hmm_describe(shapes_p, ndims, codes, NULL, &problem, message, 0) != HMM_STATUS_SUCCESS:
+    if hmm_describe(desc.shapes, desc.ndims, desc.codes, NULL, &problem, message,
+                    0) != HMM_STATUS_SUCCESS:
         return -1
     return problem.time
 

@@ -10,7 +10,6 @@ import ctypes
 from collections import namedtuple
 
 import mxnet as mx
-import numpy as np
 
 from . import _library, _native
 from .numpy import _num_samples
@@ -32,9 +31,6 @@ Viterbi = namedtuple("Viterbi", ["path", "score"])
 _NAMES = ("log_init", "log_trans", "log_emit", "lengths")
 
 
-_CODES = {np.float32: 0, np.float64: 1, np.int32: 2, np.int64: 3}
-
-
 def _bind_mxnet_api():
     """Give the Cython binding MXNet's C functions for an NDArray's shape and dtype."""
     from mxnet.ndarray import ndarray as nd_module
@@ -48,7 +44,7 @@ def _bind_mxnet_api():
 _bind_mxnet_api()
 
 
-def _check_ndarrays(op, args):
+def _check_ndarrays(op, log_init, log_trans, log_emit, lengths):
     """Validate NDArray inputs before invoking the operator (shapes and dtypes through the
     engine's ``hmm_describe``, lengths values on the host).
 
@@ -58,18 +54,15 @@ def _check_ndarrays(op, args):
     here keeps failing calls clean and their errors at the call.  Costs about a
     microsecond, plus a copy of ``lengths`` to the host when given.
     """
-    lengths = args[3] if len(args) == 4 else None
-    T = _native.describe_ndarrays(args[0].handle.value, args[1].handle.value,
-                                  args[2].handle.value,
+    T = _native.describe_ndarrays(log_init.handle.value, log_trans.handle.value,
+                                  log_emit.handle.value,
                                   0 if lengths is None else lengths.handle.value)
     try:
         if T < 0:  # invalid: the slow path builds the message
-            arrays = (args[0], args[1], args[2], lengths)
-            dtypes = [None if a is None else a.dtype for a in arrays]
-            shapes = [None if a is None else (a.shape if a.shape is not None else ())
-                      for a in arrays]
-            T = _native.describe(shapes, [9 if d is None else _CODES.get(d, 9) for d in dtypes],
-                                 dtypes)
+            arrays = (log_init, log_trans, log_emit, lengths)
+            # (a.shape is None for an array of unknown shape: describe it as 0-d)
+            T = _native.describe([None if a is None else (a.shape or ()) for a in arrays],
+                                 [None if a is None else a.dtype for a in arrays])
         if lengths is not None:
             _native.check_lengths(lengths.asnumpy(), T)
     except ValueError as e:
@@ -93,7 +86,7 @@ def _frontend(op, log_init, log_trans, log_emit, lengths):
             raise TypeError("%s must be an %s like log_emit, got %s"
                             % (name, kind.__module__ + "." + kind.__name__, type(a).__name__))
     if F is mx.nd:
-        _check_ndarrays(op, args)
+        _check_ndarrays(op, log_init, log_trans, log_emit, lengths)
     return F, args, {"has_lengths": 0 if lengths is None else 1}
 
 
