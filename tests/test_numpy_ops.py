@@ -103,6 +103,64 @@ def test_underflow_cases_are_exact(rng):
         assert np.all(np.isfinite(g.log_trans)) and np.all(np.isfinite(g.log_emit))
 
 
+# One sequence per work item with one SIMD vector per state row (N <= 8 in
+# float32, N <= 4 in float64) runs a kernel of its own (state kept in a
+# register, emissions computed a few steps ahead, statistics beside the chain).
+# B = 1 with a shared matrix, or a per-sequence matrix, takes it; T = 300
+# crosses its look-ahead, ring and float64-flush boundaries several times.
+ONE_VECTOR = [(np.float32, 1), (np.float32, 5), (np.float32, 8), (np.float64, 3), (np.float64, 4)]
+
+
+@pytest.mark.parametrize("flags", ["plain", "ragged", "neginf", "veryneg", "all"])
+@pytest.mark.parametrize("trans", ["shared", "batch"])
+@pytest.mark.parametrize("dtype,N", ONE_VECTOR, ids=lambda v: getattr(v, "__name__", v))
+def test_one_vector_kernel_matches_reference(rng, dtype, N, trans, flags):
+    from cases import FLAG_SETS
+    B = 1 if trans == "shared" else 3
+    p = make_problem(rng, B, 300, N, trans=trans, init="batch" if trans == "batch" else "shared",
+                     dtype=dtype, **FLAG_SETS[flags])
+    expected = ref.posterior(*p.astype(np.float64).args)  # on the very inputs given
+    w = rng.uniform(0.5, 2.0, B).astype(dtype)
+    loglik, g = ghn.value_and_grad(*p.args, grad_loglik=w)
+    t = tol(dtype)
+    np.testing.assert_allclose(loglik, expected.loglik, **t)
+    np.testing.assert_allclose(g.log_emit, w[:, None, None] * expected.gamma, **t)
+    tc = expected.trans_counts if trans == "batch" else expected.trans_counts / B
+    np.testing.assert_allclose(g.log_trans, (w[:, None, None] * tc) if trans == "batch"
+                               else w[0] * tc, **t)
+    ic = expected.init_counts
+    np.testing.assert_allclose(g.log_init, w[:, None] * ic if trans == "batch" else w[0] * ic, **t)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("step", [3, 5, 25, 130])
+def test_one_vector_kernel_falls_back_exactly(rng, dtype, step):
+    """The one-vector kernel's underflow exit, before and after its look-ahead: up to
+    `step` only state 0 explains the data (the others at exp(-1000) = 0 even in
+    float64), then only states 2 and 3 do, which state 0 cannot reach in one move
+    (a left-to-right band): the scaled forward's normaliser is exactly 0 at `step`
+    and the sequence is redone in log space."""
+    N, T = 4, 200
+    lt = np.full((N, N), -np.inf)
+    for i in range(N):
+        lt[i, i] = np.log(0.9)
+        if i + 1 < N:
+            lt[i, i + 1] = np.log(0.1)
+    lt[N - 1, N - 1] = 0.0
+    li = np.full(N, -np.inf)
+    li[0] = 0.0
+    le = rng.normal(size=(1, T, N))
+    le[0, :step, 1:] = -1e3
+    le[0, step, :2] = -3e3
+    post = ref.posterior(li, lt, le.astype(dtype).astype(np.float64))
+    assert np.isfinite(post.loglik).all()
+    ll, g = ghn.value_and_grad(li.astype(dtype), lt.astype(dtype), le.astype(dtype))
+    np.testing.assert_allclose(ll, post.loglik, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(g.log_emit, post.gamma, **tol(dtype))
+    np.testing.assert_allclose(g.log_trans, post.trans_counts, **tol(dtype))
+    np.testing.assert_allclose(g.log_init, post.init_counts, **tol(dtype))
+
+
 def test_impossible_sequence_gives_minus_inf_and_zero_gradients(rng):
     p = make_problem(rng, 3, 6, 3)
     le = p.log_emit.copy()

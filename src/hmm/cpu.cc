@@ -300,14 +300,16 @@ struct Model {
 template <typename T>
 struct Saved {
   T* base;
-  int64_t B, T_, Np;
-  int dtype;
-  int64_t N;
+  int64_t T_, Np;
+  T* scales;  // section starts, computed once (the offsets cost a division)
+  T* flags;
+  Saved(T* saved, int64_t B, int64_t T__, int64_t Np_, int dtype, int64_t N)
+      : base(saved), T_(T__), Np(Np_),
+        scales(saved + saved_scale_offset(B, T__, N, dtype)),
+        flags(saved + saved_flag_offset(B, T__, N, dtype)) {}
   T* alpha(int64_t b, int64_t t) const { return base + (b * T_ + t) * Np; }
-  T& scale(int64_t b, int64_t t) const {
-    return base[saved_scale_offset(B, T_, N, dtype) + b * T_ + t];
-  }
-  T& flag(int64_t b) const { return base[saved_flag_offset(B, T_, N, dtype) + b]; }
+  T& scale(int64_t b, int64_t t) const { return scales[b * T_ + t]; }
+  T& flag(int64_t b) const { return flags[b]; }
 };
 
 template <typename T> constexpr int dtype_of();
@@ -351,8 +353,7 @@ HMM_INLINE T finite_max_row(const T* x, int64_t Np) {
     v = v < pinf ? v : ninf;  // +inf and NaN drop out
     m = v > m ? v : m;
   }
-  T r = m[0];
-  for (int k = 1; k < Vec<T>::W; ++k) r = m[k] > r ? m[k] : r;
+  const T r = simd::hmax<T>(m);
   return r == neg_inf<T>() ? T(0) : r;
 }
 
@@ -375,9 +376,13 @@ struct LogProduct {
   HMM_INLINE void mul(double c) {
     mant *= c;
     if (mant < 1e-150 || mant > 1e150) {
-      int e;
-      mant = std::frexp(mant, &e);
-      exp2 += e;
+      // frexp by hand (mant is a normal number here): no library call, so the
+      // vector registers of the caller's loop survive this branch
+      uint64_t bits;
+      std::memcpy(&bits, &mant, sizeof bits);
+      exp2 += int64_t((bits >> 52) & 0x7ff) - 1022;
+      bits = (bits & ~(uint64_t(0x7ff) << 52)) | (uint64_t(1022) << 52);
+      std::memcpy(&mant, &bits, sizeof bits);
     }
   }
   double log() const { return std::log(mant) + double(exp2) * 0.69314718055994530942 + shift; }
@@ -695,7 +700,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   // deferring the division cannot overflow.
   T inv_prev[G];  // 1 / c_{t-1}, to fold into step t
   // Normalises slot t of member g (p_t -> alpha_t); false when c_t is unusable.
-  auto settle = [&](int g, int64_t t) {
+  auto settle = [&](int g, int64_t t) HMM_LAMBDA_INLINE {
     const int64_t b = seq[g];
     T* a = F.S.alpha(b, t);
     const T c = row_sum(a, Np);
@@ -706,7 +711,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     ll[g].mul(double(c));
     return true;
   };
-  auto scale_row = [&](int g, int64_t t) {
+  auto scale_row = [&](int g, int64_t t) HMM_LAMBDA_INLINE {
     T* a = F.S.alpha(seq[g], t);
     const vec_t<T> inv = splat<T>(inv_prev[g]);
     for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
@@ -892,7 +897,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
   TransCursor<T> cur{M, seq[0], A, At, Bw.A, Bw.At, Bw.mA};
   const T big = beta_limit<T>();
   int64_t since_flush = 0;
-  auto flush = [&]() {
+  auto flush = [&]() HMM_LAMBDA_INLINE {
     if (!Sf) return;
     gemm_tn(Xrows, Rrows, nrows, N, Np, Sf);
     nrows = 0;
@@ -1002,6 +1007,217 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
 }
 
 /* ------------------------------------------------------------------------ */
+/* One-vector states (Np == W: N <= 8 in float32, N <= 4 in float64), one     */
+/* sequence per item.  There the recursions are chains of dependent steps, so */
+/* the chain is kept short: the state stays in a register, the step's matrix */
+/* product is a tree over the W lanes (simd::matvec), and all work that does  */
+/* not feed the next step (emission exponentials a few steps ahead, stores of */
+/* alpha, gamma rows, transition statistics) is interleaved with the chain,   */
+/* so that it fills the chain's latency instead of adding to it.             */
+/* Same recursions, scalings, fallbacks and saved layout as the group kernels.*/
+/* ------------------------------------------------------------------------ */
+constexpr int64_t kRing = 16;        // emission ring buffer, steps
+constexpr int64_t kAheadSmall = 8;   // how far ahead of the chain its emissions are computed
+
+template <typename T>
+HMM_INLINE bool small_applies(const Model<T>& M, int g) {
+  return g == 1 && M.Np == Vec<T>::W && M.trans_mode != HMM_TRANS_TIME_VARYING;
+}
+
+// u = exp(e - m) for one row of N <= W emissions, m (returned in *m) its largest
+// finite entry or 0 when there is none: load_emission + exp_row for one vector.
+template <typename T>
+HMM_INLINE vec_t<T> small_emission(const T* e, int64_t N, T* m) {
+  typedef vec_t<T> V;
+  constexpr int W = Vec<T>::W;
+  const V ninf = splat<T>(neg_inf<T>()), pinf = splat<T>(std::numeric_limits<T>::infinity());
+  V v;
+  if (N == W) {
+    v = load(e);
+  } else {
+    T buf[W];
+    for (int j = 0; j < W; ++j) buf[j] = j < N ? e[j] : neg_inf<T>();
+    v = load(buf);
+  }
+  const V f = v < pinf ? v : ninf;  // +inf and NaN drop out of the maximum
+  T mx = simd::hmax<T>(f);
+  mx = mx == neg_inf<T>() ? T(0) : mx;
+  *m = mx;
+  return simd::vexp<T>(v - mx);
+}
+
+// The W rows of a one-vector matrix as registers, zero rows past N.
+template <typename T>
+HMM_INLINE void small_rows(const T* A, int64_t N, vec_t<T>* rows) {
+  for (int i = 0; i < Vec<T>::W; ++i) rows[i] = i < N ? load(A + i * Vec<T>::W) : splat<T>(0);
+}
+
+template <typename T>
+HMM_INLINE void forward_small(const FwdShared<T>& F, int64_t b, Arena& ar) {
+  typedef vec_t<T> V;
+  constexpr int W = Vec<T>::W;
+  const Model<T>& M = *F.M;
+  const int64_t N = M.N, L = M.length(b);
+  T* u = ar.array<T>(kRing * W);  // u_t at slot t % kRing, kAheadSmall steps ahead
+  const T* A = F.A;
+  T mA = F.mA;
+  if (M.trans_mode != HMM_TRANS_SHARED) {
+    T* Ab = ar.array<T>(N * W);
+    mA = prepare_trans(M.trans_of(b, 1), N, W, Ab, static_cast<T*>(nullptr));
+    A = Ab;
+  }
+  V rows[W];
+  small_rows(A, N, rows);
+  LogProduct ll;
+  bool ok = true;
+  if (L > 0) {
+    T mi, m0;
+    V p = small_emission(M.init_of(b), N, &mi);
+    p = p * small_emission(M.emit_of(b, 0), N, &m0);
+    ll.shift += double(m0) + double(mi);
+    // u_t for the first steps; then step t computes u_{t + kAheadSmall} beside the chain
+    // (the shifts are added in the order of t all the same)
+    auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
+      T m;
+      store(u + (t % kRing) * W, small_emission(M.emit_of(b, t), N, &m));
+      ll.shift += double(m) + double(mA);
+    };
+    for (int64_t t = 1; t < L && t <= kAheadSmall; ++t) emission(t);
+    T* sc = &F.S.scale(b, 0);
+    for (int64_t t = 1; t < L; ++t) {
+      // p holds p_{t-1}; c_{t-1} and the product both start from it
+      const T c = simd::hsum<T>(p);
+      const V q = simd::matvec<T>(p, rows);
+      if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) { ok = false; break; }
+      const V vinv = splat<T>(T(1) / c);
+      sc[t - 1] = c;
+      ll.mul(double(c));
+      store(F.S.alpha(b, t - 1), p * vinv);
+      p = q * (load(u + (t % kRing) * W) * vinv);
+      if (t + kAheadSmall < L) emission(t + kAheadSmall);
+    }
+    if (ok) {
+      const T c = simd::hsum<T>(p);
+      if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) {
+        ok = false;
+      } else {
+        sc[L - 1] = c;
+        ll.mul(double(c));
+        store(F.S.alpha(b, L - 1), p * splat<T>(T(1) / c));
+      }
+    }
+  }
+  F.S.flag(b) = ok ? T(0) : T(1);
+  double value = L == 0 ? 0.0 : ll.log();
+  if (!ok) {
+    double* la = ar.array<double>(L * N);
+    double* tmp = ar.array<double>(N);
+    value = log_forward(M, b, L, la, tmp);
+  }
+  if (F.loglik) F.loglik[b] = T(value);
+}
+
+template <typename T>
+HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc, Arena& ar) {
+  typedef vec_t<T> V;
+  typedef typename Vec<T>::itype VI;
+  constexpr int W = Vec<T>::W;
+  const Model<T>& M = *Bw.M;
+  const int64_t N = M.N, TT = M.T_, L = M.length(b);
+  const bool shared = M.trans_mode == HMM_TRANS_SHARED;
+  const T w = Bw.w[b];
+  T* ge = Bw.grad_emit ? Bw.grad_emit + b * TT * N : nullptr;
+  if (ge) std::fill(ge + L * N, ge + TT * N, T(0));
+  if (Bw.grad_init && M.init_mode == HMM_INIT_PER_SEQUENCE)
+    std::fill(Bw.grad_init + b * N, Bw.grad_init + (b + 1) * N, T(0));
+  const T* A = Bw.A;
+  const T* At = Bw.At;
+  if (!shared) {
+    T* Ab = ar.array<T>(N * W);
+    T* Atb = ar.array<T>(N * W);
+    prepare_trans(M.trans_of(b, 1), N, W, Ab, Atb);
+    A = Ab;
+    At = Atb;
+  }
+  V rows[W];
+  small_rows(At, N, rows);
+  const bool want_trans = Bw.grad_trans != nullptr;
+  T* us = ar.array<T>(kRing * W);  // u_t / c_t at slot t % kRing, kAheadSmall steps ahead
+  // Transition statistics S[i] += alpha_{t-1}[i] (w r_t), in float for up to
+  // kFlush steps, then added to float64 (as the group kernel does).
+  T* Sf = ar.array<T>(W * W);
+  double* Sd = ar.array<double>(N * N);
+  std::fill(Sf, Sf + W * W, T(0));
+  std::fill(Sd, Sd + N * N, 0.0);
+  constexpr int64_t kFlush = 128;
+  auto flush = [&]() HMM_LAMBDA_INLINE {
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < N; ++j) { Sd[i * N + j] += double(Sf[i * W + j]); Sf[i * W + j] = 0; }
+  };
+  const T* sc = &Bw.S.scale(b, 0);
+  auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
+    T m;
+    store(us + (t % kRing) * W, small_emission(M.emit_of(b, t), N, &m) * splat<T>(T(1) / sc[t]));
+  };
+  V beta;
+  for (int j = 0; j < W; ++j) beta[j] = j < N ? T(1) : T(0);
+  const V big = splat<T>(beta_limit<T>());
+  const V wv = splat<T>(w);
+  const V zero = splat<T>(0);
+  for (int64_t t = L - 1; t >= 1 && t >= L - kAheadSmall; --t) emission(t);
+  VI bad = VI{};
+  int64_t since_flush = 0;
+  for (int64_t t = L - 1; t >= 1; --t) {
+    const V r = load(us + (t % kRing) * W) * beta;
+    const V a = load(Bw.S.alpha(b, t));
+    const V gam = a == zero ? zero : wv * a * beta;  // gamma_t, 0 where alpha is 0
+    beta = simd::matvec<T>(r, rows);                 // beta_{t-1}
+    bad |= ~(beta <= big);                           // overflow or NaN
+    if (ge) {
+      if (N == W) {
+        store(ge + t * N, gam);
+      } else {
+        for (int64_t j = 0; j < N; ++j) ge[t * N + j] = gam[j];
+      }
+    }
+    if (want_trans) {
+      const T* ap = Bw.S.alpha(b, t - 1);
+      const V wr = r * wv;
+      for (int64_t i = 0; i < N; ++i) store(Sf + i * W, load(Sf + i * W) + splat<T>(ap[i]) * wr);
+      if (++since_flush == kFlush) { flush(); since_flush = 0; }
+    }
+    if (t - kAheadSmall >= 1) emission(t - kAheadSmall);
+  }
+  for (int j = 0; j < W; ++j)
+    if (bad[j]) return false;  // nothing shared written yet: the caller redoes it exactly
+  if (L > 0) {
+    T bz[W];
+    store(bz, beta);
+    const T* a = Bw.S.alpha(b, 0);
+    for (int64_t j = 0; j < N; ++j) {
+      const T gam = a[j] == T(0) ? T(0) : w * a[j] * bz[j];
+      if (ge) ge[j] = gam;
+      if (Bw.grad_init) {
+        if (M.init_mode == HMM_INIT_SHARED) acc->init[j] += double(gam);
+        else Bw.grad_init[b * N + j] = gam;
+      }
+    }
+  }
+  if (want_trans) {
+    flush();
+    if (shared) {
+      for (int64_t k = 0; k < N * N; ++k) acc->trans_pre[k] += Sd[k];
+    } else {
+      T* gt = Bw.grad_trans + b * N * N;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < N; ++j) gt[i * N + j] = T(double(A[i * W + j]) * Sd[i * N + j]);
+      if (L <= 1) std::fill(gt, gt + N * N, T(0));
+    }
+  }
+  return true;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Entry points compiled once per instruction set.                            */
 /* ------------------------------------------------------------------------ */
 #if defined(__x86_64__) && !defined(GLUON_HMM_NO_CLONES)
@@ -1013,6 +1229,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
 #define HMM_DEFINE_ITEMS(T, suffix)                                                         \
   HMM_CLONES void forward_item_##suffix(const FwdShared<T>& F, const int64_t* seq, int g, \
                                         Arena& ar) {                                      \
+    if (small_applies(*F.M, g)) return forward_small<T>(F, seq[0], ar);                  \
     switch (g) {                                                                          \
       case 4: forward_group<T, 4>(F, seq, ar); break;                                     \
       case 3: forward_group<T, 3>(F, seq, ar); break;                                     \
@@ -1022,6 +1239,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
   }                                                                                       \
   HMM_CLONES bool backward_item_##suffix(const BwdShared<T>& Bw, const int64_t* seq,      \
                                          int g, ChunkAcc* acc, Arena& ar) {              \
+    if (small_applies(*Bw.M, g)) return backward_small<T>(Bw, seq[0], acc, ar);          \
     switch (g) {                                                                          \
       case 4: return backward_group<T, 4>(Bw, seq, acc, ar);                              \
       case 3: return backward_group<T, 3>(Bw, seq, acc, ar);                              \

@@ -16,6 +16,9 @@
 #include <limits>
 
 #define HMM_INLINE inline __attribute__((always_inline))
+// For lambdas inside the per-ISA kernels: one left out of line is compiled once,
+// for the baseline instruction set, and called from the AVX2/AVX-512 clones.
+#define HMM_LAMBDA_INLINE __attribute__((always_inline))
 
 namespace gluon_hmm {
 namespace simd {
@@ -64,6 +67,50 @@ template <> HMM_INLINE double hsum<double>(vec_t<double> v) {
   v += __builtin_shuffle(v, VI{2, 3, 0, 1});
   v += __builtin_shuffle(v, VI{1, 0, 3, 2});
   return v[0];
+}
+
+// Horizontal maximum, the same tree (no NaN handling: callers filter NaN first).
+template <typename T> HMM_INLINE T hmax(vec_t<T> v);
+template <> HMM_INLINE float hmax<float>(vec_t<float> v) {
+  typedef Vec<float>::itype VI;
+  vec_t<float> s = __builtin_shuffle(v, VI{4, 5, 6, 7, 0, 1, 2, 3});
+  v = s > v ? s : v;
+  s = __builtin_shuffle(v, VI{2, 3, 0, 1, 6, 7, 4, 5});
+  v = s > v ? s : v;
+  s = __builtin_shuffle(v, VI{1, 0, 3, 2, 5, 4, 7, 6});
+  v = s > v ? s : v;
+  return v[0];
+}
+template <> HMM_INLINE double hmax<double>(vec_t<double> v) {
+  typedef Vec<double>::itype VI;
+  vec_t<double> s = __builtin_shuffle(v, VI{2, 3, 0, 1});
+  v = s > v ? s : v;
+  s = __builtin_shuffle(v, VI{1, 0, 3, 2});
+  v = s > v ? s : v;
+  return v[0];
+}
+
+// Lane I of v in every lane (one permute, from a register).
+template <typename T, int I> HMM_INLINE vec_t<T> lane(vec_t<T> v) {
+  typedef typename Vec<T>::itype VI;
+  return __builtin_shuffle(v, VI{} + I);
+}
+
+/* sum_i v[i] * M[i] over the W lanes of v (M: W row vectors), as a tree:
+ * pairs of (multiply, FMA) side by side, then two or one levels of adds, so
+ * that the latency is a few operations rather than a chain of W FMAs. */
+template <typename T> HMM_INLINE vec_t<T> matvec(vec_t<T> v, const vec_t<T>* M);
+template <> HMM_INLINE vec_t<float> matvec<float>(vec_t<float> v, const vec_t<float>* M) {
+  const vec_t<float> s0 = lane<float, 0>(v) * M[0] + lane<float, 1>(v) * M[1];
+  const vec_t<float> s1 = lane<float, 2>(v) * M[2] + lane<float, 3>(v) * M[3];
+  const vec_t<float> s2 = lane<float, 4>(v) * M[4] + lane<float, 5>(v) * M[5];
+  const vec_t<float> s3 = lane<float, 6>(v) * M[6] + lane<float, 7>(v) * M[7];
+  return (s0 + s1) + (s2 + s3);
+}
+template <> HMM_INLINE vec_t<double> matvec<double>(vec_t<double> v, const vec_t<double>* M) {
+  const vec_t<double> s0 = lane<double, 0>(v) * M[0] + lane<double, 1>(v) * M[1];
+  const vec_t<double> s1 = lane<double, 2>(v) * M[2] + lane<double, 3>(v) * M[3];
+  return s0 + s1;
 }
 
 /* exp(x) for x <= 0 (the only range the engine needs: values minus their max),
