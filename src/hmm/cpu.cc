@@ -367,6 +367,35 @@ HMM_INLINE T load_emission(const T* __restrict e, int64_t N, int64_t Np, T* __re
   return finite_max_row(buf, Np);
 }
 
+/* One row of N emissions read in place: whole vectors straight from the input,
+ * the partial last one (if any) from a copy padded with -inf.  The same values
+ * as load_emission's padded row, without copying the whole row. */
+template <typename T>
+struct EmitRow {
+  static constexpr int W = Vec<T>::W;
+  const T* e;
+  int64_t full;  // entries in whole vectors
+  alignas(32) T tail[W];
+  HMM_INLINE EmitRow(const T* row, int64_t N) : e(row), full(N / W * W) {
+    if (full < N)
+      for (int j = 0; j < W; ++j) tail[j] = full + j < N ? row[full + j] : neg_inf<T>();
+  }
+  HMM_INLINE vec_t<T> vec(int64_t j) const { return j < full ? load(e + j) : load(tail); }
+  // Largest finite entry, or 0 when there is none (as finite_max_row).
+  HMM_INLINE T max(int64_t Np) const {
+    typedef vec_t<T> V;
+    const V ninf = splat<T>(neg_inf<T>()), pinf = splat<T>(std::numeric_limits<T>::infinity());
+    V m = ninf;
+    for (int64_t j = 0; j < Np; j += W) {
+      V v = vec(j);
+      v = v < pinf ? v : ninf;  // +inf and NaN drop out
+      m = v > m ? v : m;
+    }
+    const T r = simd::hmax<T>(m);
+    return r == neg_inf<T>() ? T(0) : r;
+  }
+};
+
 /* Running product of step normalisers, kept as mantissa * 2^exponent so that
  * the log is taken once per sequence: more exact than summing T logs, and cheaper. */
 struct LogProduct {
@@ -450,11 +479,16 @@ HMM_INLINE void gemm_cols(const T* const* x, const T* M, int64_t N, int64_t Np, 
 template <typename T, int G>
 HMM_INLINE void gemm(const T* const* x, const T* M, int64_t N, int64_t Np, T* const* out) {
   constexpr int W = Vec<T>::W;
-  constexpr int NV = 2;
+  // G * NV * KS independent accumulators: at least 8 (two FMA pipes of latency
+  // 4), 12 for a group of 4 so that the pipes have slack, within 16 registers.
+  constexpr int NV = G >= 4 ? 3 : 2;
   constexpr int KS = G >= 4 ? 1 : (G >= 2 ? 2 : 4);
   int64_t c = 0;
   for (; c + NV * W <= Np; c += NV * W) gemm_cols<T, G, NV, KS>(x, M, N, Np, c, out);
-  for (; c < Np; c += W) gemm_cols<T, G, 1, KS>(x, M, N, Np, c, out);
+  if (NV == 3 && c + 2 * W <= Np) { gemm_cols<T, G, 2, KS>(x, M, N, Np, c, out); c += 2 * W; }
+  // a single-vector tail has fewer accumulators: more partial sums
+  constexpr int KS1 = KS * 2 > 4 ? 4 : KS * 2;
+  for (; c < Np; c += W) gemm_cols<T, G, 1, KS1>(x, M, N, Np, c, out);
 }
 
 /* S[i][0:Np] += sum_k X[k][i] * R[k][0:Np] over K row pairs: the transition
@@ -539,10 +573,6 @@ HMM_INLINE T row_sum(const T* x, int64_t Np) {
   return simd::hsum<T>(s);
 }
 
-template <typename T>
-HMM_INLINE void mul_rows(const T* a, const T* b, T scale, int64_t Np, T* out) {
-  for (int64_t j = 0; j < Np; j += Vec<T>::W) store(out + j, load(a + j) * load(b + j) * scale);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Exact float64 log-space recursions (the fallback).                         */
@@ -746,13 +776,12 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
       scale_row(g, t - 1);  // alpha_{t-1}, after the product has read p_{t-1}
-      const int64_t b = seq[g];
-      const T m = load_emission(M.emit_of(b, t), N, Np, ebuf);
-      exp_row(ebuf, m, Np, ubuf);
+      const EmitRow<T> er(M.emit_of(seq[g], t), N);
+      const T m = er.max(Np);
       T* a = y[g];
       const vec_t<T> inv = splat<T>(inv_prev[g]);
       for (int64_t j = 0; j < Np; j += Vec<T>::W)
-        store(a + j, load(a + j) * (load(ubuf + j) * inv));
+        store(a + j, load(a + j) * (simd::vexp<T>(er.vec(j) - m) * inv));
       ll[g].shift += double(m) + double(cur.mA);
     }
   }
@@ -846,8 +875,6 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
   T* r[G];
   T* xa[G];
   T* junk[G];
-  T* ebuf = ar.array<T>(Np);
-  T* ubuf = ar.array<T>(Np);
   T* zero_row = ar.array<T>(Np);
   std::fill(zero_row, zero_row + Np, T(0));
   for (int g = 0; g < G; ++g) {
@@ -926,9 +953,11 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
       const T* a = Bw.S.alpha(b, t);
       // gamma_t = alpha_t * beta_t (0 where alpha is 0, whatever beta holds)
       if (Bw.grad_emit) gamma_row(a, beta[g], w[g], N, Bw.grad_emit + (b * TT + t) * N);
-      const T m = load_emission(M.emit_of(b, t), N, Np, ebuf);
-      exp_row(ebuf, m, Np, ubuf);
-      mul_rows(ubuf, beta[g], T(1) / Bw.S.scale(b, t), Np, r[g]);
+      const EmitRow<T> er(M.emit_of(b, t), N);
+      const T m = er.max(Np);
+      const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, t));
+      for (int64_t j = 0; j < Np; j += Vec<T>::W)
+        store(r[g] + j, simd::vexp<T>(er.vec(j) - m) * load(beta[g] + j) * sc);
       const T* ap = Bw.S.alpha(b, t - 1);
       if (Rbuf) {
         // w * r_t joins the block product with alpha_{t-1} (read in place)

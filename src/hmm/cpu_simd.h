@@ -121,11 +121,17 @@ template <> struct ExpConst<float> {
   static constexpr float lo = -87.0f, hi = 88.0f;
   static constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
   static constexpr int terms = 8, mant = 23, bias = 127;
+  // 1/k! for k < terms, rounded once from the exact fractions
+  static constexpr float inv_fact[8] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24, 1.0f / 120,
+                                        1.0f / 720, 1.0f / 5040};
 };
 template <> struct ExpConst<double> {
   static constexpr double lo = -708.0, hi = 709.0;
   static constexpr double ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10;
   static constexpr int terms = 13, mant = 52, bias = 1023;
+  static constexpr double inv_fact[13] = {
+      1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+      1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600};
 };
 
 template <typename T> HMM_INLINE vec_t<T> vexp(vec_t<T> x) {
@@ -138,10 +144,9 @@ template <typename T> HMM_INLINE vec_t<T> vexp(vec_t<T> x) {
   vec_t<T> n = xc * static_cast<T>(1.4426950408889634) + magic;
   n = n - magic;
   const vec_t<T> r = (xc - n * C::ln2_hi) - n * C::ln2_lo;
-  // Horner: sum_{k<terms} r^k / k!
-  vec_t<T> p = splat<T>(static_cast<T>(1));
-  for (int k = C::terms - 1; k >= 1; --k)
-    p = p * (r * (static_cast<T>(1) / static_cast<T>(k))) + static_cast<T>(1);
+  // sum_{k<terms} r^k / k! by Horner's rule on the coefficients 1/k! (one FMA a term)
+  vec_t<T> p = splat<T>(C::inv_fact[C::terms - 1]);
+  for (int k = C::terms - 2; k >= 0; --k) p = p * r + C::inv_fact[k];
   // 2^n by building the exponent field
   const vi ni = __builtin_convertvector(n, vi);
   const vi bits = (ni + C::bias) << C::mant;
