@@ -287,6 +287,7 @@ cdef class _Call:
     cdef hmm_inputs_t inputs
     cdef public object arrays   # keeps the contiguous arrays alive
     cdef public object dtype
+    cdef int typenum             # NPY_FLOAT32 or NPY_FLOAT64, for PyArray_EMPTY
 
     def __init__(self, log_init, log_trans, log_emit, lengths, int num_threads):
         cdef _Desc desc
@@ -322,6 +323,7 @@ cdef class _Call:
         _describe_or_raise(&desc, arrays, &self.problem)
         self.problem.num_threads = num_threads
         self.dtype = np.float32 if self.problem.dtype == HMM_FLOAT32 else np.float64
+        self.typenum = cnp.NPY_FLOAT32 if self.problem.dtype == HMM_FLOAT32 else cnp.NPY_FLOAT64
         for k in range(4):  # copies only after the shapes are known to be valid
             if arrays[k] is not None and not cnp.PyArray_IS_C_CONTIGUOUS(arrays[k]):
                 arrays[k] = np.ascontiguousarray(arrays[k])  # strided / Fortran order welcome
@@ -337,13 +339,21 @@ cdef class _Call:
     def shape(self):
         return (self.problem.batch, self.problem.time, self.problem.states)
 
-    def forward(self):
+    cdef cnp.ndarray _empty_like_input(self, int k):
+        """An uninitialised array of the call's float dtype shaped like input k."""
+        cdef cnp.ndarray a = self.arrays[k]
+        return cnp.PyArray_EMPTY(a.ndim, a.shape, self.typenum, 0)
+
+    cdef cnp.ndarray _empty1(self, cnp.npy_intp n):
+        return cnp.PyArray_EMPTY(1, &n, self.typenum, 0)
+
+    cdef tuple _forward(self):
         cdef int64_t elems = 0
         st = hmm_saved_size(&self.problem, &elems)
         if st != HMM_STATUS_SUCCESS:
             _raise(st, "saved_size")
-        cdef cnp.ndarray loglik = np.empty(self.problem.batch, self.dtype)
-        cdef cnp.ndarray saved = np.empty(elems, self.dtype)
+        cdef cnp.ndarray loglik = self._empty1(self.problem.batch)
+        cdef cnp.ndarray saved = self._empty1(elems)
         with nogil:
             st = hmm_forward(&self.problem, &self.inputs, cnp.PyArray_DATA(loglik),
                              cnp.PyArray_DATA(saved))
@@ -351,9 +361,12 @@ cdef class _Call:
             _raise(st, "forward")
         return loglik, saved
 
-    def backward(self, cnp.ndarray saved, grad_loglik):
+    cdef tuple _backward(self, cnp.ndarray saved, grad_loglik):
         cdef cnp.ndarray w
-        if type(grad_loglik) is np.ndarray and grad_loglik.dtype == self.dtype and \
+        if grad_loglik is None:
+            w = self._empty1(self.problem.batch)
+            w.fill(1)  # np.ones costs ~1.5 us more: it shows at tiny sizes
+        elif type(grad_loglik) is np.ndarray and grad_loglik.dtype == self.dtype and \
                 cnp.PyArray_IS_C_CONTIGUOUS(grad_loglik):
             w = grad_loglik
         else:
@@ -361,9 +374,9 @@ cdef class _Call:
         if w.ndim != 1 or w.shape[0] != self.problem.batch:
             raise ValueError("grad_loglik must have shape (B,) with B=%d, got %s"
                              % (self.problem.batch, tuple(np.shape(grad_loglik))))
-        cdef cnp.ndarray gi = np.empty(self.arrays[0].shape, self.dtype)
-        cdef cnp.ndarray gt = np.empty(self.arrays[1].shape, self.dtype)
-        cdef cnp.ndarray ge = np.empty(self.arrays[2].shape, self.dtype)
+        cdef cnp.ndarray gi = self._empty_like_input(0)
+        cdef cnp.ndarray gt = self._empty_like_input(1)
+        cdef cnp.ndarray ge = self._empty_like_input(2)
         with nogil:
             st = hmm_backward(&self.problem, &self.inputs, cnp.PyArray_DATA(saved),
                               cnp.PyArray_DATA(w), cnp.PyArray_DATA(gi), cnp.PyArray_DATA(gt),
@@ -372,13 +385,18 @@ cdef class _Call:
             _raise(st, "backward")
         return gi, gt, ge
 
+    def forward(self):
+        """loglik (B,) and the saved state the backward pass reads."""
+        return self._forward()
+
+    def backward(self, cnp.ndarray saved, grad_loglik):
+        """Gradients (log_init, log_trans, log_emit) of sum(grad_loglik * loglik)."""
+        return self._backward(saved, grad_loglik)
+
     def value_and_grad(self, grad_loglik):
         """forward then backward in one call (no Python work in between)."""
-        loglik, saved = self.forward()
-        if grad_loglik is None:
-            grad_loglik = np.empty(self.problem.batch, self.dtype)
-            grad_loglik.fill(1)  # np.ones costs ~1.5 us more: it shows at tiny sizes
-        return loglik, self.backward(saved, grad_loglik)
+        loglik, saved = self._forward()
+        return loglik, self._backward(saved, grad_loglik)
 
     def posterior(self):
         cdef cnp.ndarray gamma = np.empty(self.arrays[2].shape, self.dtype)
