@@ -23,7 +23,10 @@
  * Work is spread over a persistent thread pool.  With a shared transition
  * matrix, sequences of similar length run in lockstep groups of up to four so
  * that each step is one small matrix product (G x N) (N x N) whose matrix rows
- * are loaded once for the group.
+ * are loaded once for the group.  A sequence that runs alone with one SIMD
+ * vector per row (N <= 8 float32, N <= 4 float64) takes forward_small /
+ * backward_small instead: there each step is a latency-bound chain, so the
+ * state stays in a register and the side work is interleaved with the chain.
  */
 #include <algorithm>
 #include <atomic>
