@@ -78,9 +78,8 @@ def test_float32_long_sequence_accuracy(rng):
         assert rel <= 1e-3, rel
 
 
-def test_underflow_cases_are_exact(rng):
-    """Where a naive scaled forward underflows the engine stays exact (log-space fallback)."""
-    N, T = 5, 40
+def _left_to_right(N):
+    """A left-to-right band model: start in state 0, stay (0.9) or move one state on (0.1)."""
     lt = np.full((N, N), -np.inf)
     for i in range(N):
         lt[i, i] = np.log(0.9)
@@ -89,6 +88,13 @@ def test_underflow_cases_are_exact(rng):
     lt[N - 1, N - 1] = 0.0
     li = np.full(N, -np.inf)
     li[0] = 0.0
+    return li, lt
+
+
+def test_underflow_cases_are_exact(rng):
+    """Where a naive scaled forward underflows the engine stays exact (log-space fallback)."""
+    N, T = 5, 40
+    li, lt = _left_to_right(N)
     le = rng.normal(size=(2, T, N))
     le[0, 5] = -1e4                      # every state very unlikely at one step
     le[1, 3, :] = [-1e4, 0, 0, 0, 0]     # only unreachable states explain step 3
@@ -141,14 +147,7 @@ def test_one_vector_kernel_falls_back_exactly(rng, dtype, step):
     (a left-to-right band): the scaled forward's normaliser is exactly 0 at `step`
     and the sequence is redone in log space."""
     N, T = 4, 200
-    lt = np.full((N, N), -np.inf)
-    for i in range(N):
-        lt[i, i] = np.log(0.9)
-        if i + 1 < N:
-            lt[i, i + 1] = np.log(0.1)
-    lt[N - 1, N - 1] = 0.0
-    li = np.full(N, -np.inf)
-    li[0] = 0.0
+    li, lt = _left_to_right(N)
     le = rng.normal(size=(1, T, N))
     le[0, :step, 1:] = -1e3
     le[0, step, :2] = -3e3

@@ -831,6 +831,42 @@ struct ChunkAcc {
   double* init;        // N
 };
 
+// t = 0 of member b: gamma_0 = w alpha_0 beta_0 into grad_emit[b, 0] and the
+// initial-state gradient (summed into the chunk's accumulator when shared).
+template <typename T>
+HMM_INLINE void backward_step0(const BwdShared<T>& Bw, int64_t b, T w, const T* beta,
+                               ChunkAcc* acc) {
+  const Model<T>& M = *Bw.M;
+  const int64_t N = M.N;
+  const T* a = Bw.S.alpha(b, 0);
+  T* ge = Bw.grad_emit ? Bw.grad_emit + b * M.T_ * N : nullptr;
+  for (int64_t j = 0; j < N; ++j) {
+    const T gam = a[j] == T(0) ? T(0) : w * a[j] * beta[j];
+    if (ge) ge[j] = gam;
+    if (Bw.grad_init) {
+      if (M.init_mode == HMM_INIT_SHARED) acc->init[j] += double(gam);
+      else Bw.grad_init[b * N + j] = gam;
+    }
+  }
+}
+
+// The float64 transition statistics Sd (N x N, before the factor A') of one
+// work item: into the chunk's accumulator (shared matrix), or, for the
+// per-sequence matrix of member b (length L), grad_trans[b] = A' * Sd.
+template <typename T>
+HMM_INLINE void backward_trans_done(const BwdShared<T>& Bw, int64_t b, int64_t L, const T* A,
+                                    int64_t Np, const double* Sd, ChunkAcc* acc) {
+  const int64_t N = Bw.M->N;
+  if (Bw.M->trans_mode == HMM_TRANS_SHARED) {
+    for (int64_t k = 0; k < N * N; ++k) acc->trans_pre[k] += Sd[k];
+    return;
+  }
+  T* gt = Bw.grad_trans + b * N * N;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j) gt[i * N + j] = T(double(A[i * Np + j]) * Sd[i * N + j]);
+  if (L <= 1) std::fill(gt, gt + N * N, T(0));
+}
+
 template <typename T>
 void backward_log_one(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc, Arena& ar) {
   const Model<T>& M = *Bw.M;
@@ -1010,30 +1046,13 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
     if (L[g] == 1) {
       for (int64_t j = 0; j < Np; ++j) beta[g][j] = j < N ? T(1) : T(0);
     }
-    const int64_t b = seq[g];
-    const T* a = Bw.S.alpha(b, 0);
-    T* ge = Bw.grad_emit ? Bw.grad_emit + b * TT * N : nullptr;
-    for (int64_t j = 0; j < N; ++j) {
-      const T gam = a[j] == T(0) ? T(0) : w[g] * a[j] * beta[g][j];
-      if (ge) ge[j] = gam;
-      if (Bw.grad_init) {
-        if (M.init_mode == HMM_INIT_SHARED) acc->init[j] += double(gam);
-        else Bw.grad_init[b * N + j] = gam;
-      }
-    }
+    backward_step0(Bw, seq[g], w[g], beta[g], acc);
   }
   if (Sf) {
     flush();
-    if (shared) {
-      for (int64_t k = 0; k < N * N; ++k) acc->trans_pre[k] += Sd[k];
-    } else {
-      // per-sequence matrix: grad = A' * S (G == 1 here)
-      const T* Am = cur.get(1, false, nullptr);
-      T* gt = Bw.grad_trans + seq[0] * N * N;
-      for (int64_t i = 0; i < N; ++i)
-        for (int64_t j = 0; j < N; ++j) gt[i * N + j] = T(double(Am[i * Np + j]) * Sd[i * N + j]);
-      if (L[0] <= 1) std::fill(gt, gt + N * N, T(0));
-    }
+    // a per-sequence matrix has groups of one member
+    backward_trans_done(Bw, seq[0], L[0], shared ? nullptr : cur.get(1, false, nullptr), Np,
+                        Sd, acc);
   }
   return true;
 }
@@ -1225,26 +1244,11 @@ HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc,
   if (L > 0) {
     T bz[W];
     store(bz, beta);
-    const T* a = Bw.S.alpha(b, 0);
-    for (int64_t j = 0; j < N; ++j) {
-      const T gam = a[j] == T(0) ? T(0) : w * a[j] * bz[j];
-      if (ge) ge[j] = gam;
-      if (Bw.grad_init) {
-        if (M.init_mode == HMM_INIT_SHARED) acc->init[j] += double(gam);
-        else Bw.grad_init[b * N + j] = gam;
-      }
-    }
+    backward_step0(Bw, b, w, bz, acc);
   }
   if (want_trans) {
     flush();
-    if (shared) {
-      for (int64_t k = 0; k < N * N; ++k) acc->trans_pre[k] += Sd[k];
-    } else {
-      T* gt = Bw.grad_trans + b * N * N;
-      for (int64_t i = 0; i < N; ++i)
-        for (int64_t j = 0; j < N; ++j) gt[i * N + j] = T(double(A[i * W + j]) * Sd[i * N + j]);
-      if (L <= 1) std::fill(gt, gt + N * N, T(0));
-    }
+    backward_trans_done(Bw, b, L, A, W, Sd, acc);
   }
   return true;
 }
