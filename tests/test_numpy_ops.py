@@ -78,6 +78,26 @@ def test_float32_long_sequence_accuracy(rng):
         assert rel <= 1e-3, rel
 
 
+# The group kernels read the partial last vector of an emission row (N not a
+# multiple of the SIMD width: 8 floats, 4 doubles) with one shifted load and a
+# permute; these sizes put 1 to W-1 states in it behind one or two whole vectors.
+@pytest.mark.parametrize("flags", ["plain", "all"])
+@pytest.mark.parametrize("dtype,N", [(np.float32, 9), (np.float32, 12), (np.float32, 15),
+                                     (np.float32, 17), (np.float64, 5), (np.float64, 7),
+                                     (np.float64, 10)],
+                         ids=lambda v: getattr(v, "__name__", v))
+def test_partial_last_vector_of_emission_rows(rng, dtype, N, flags):
+    from cases import FLAG_SETS
+    p = make_problem(rng, 5, 30, N, dtype=dtype, **FLAG_SETS[flags])
+    expected = ref.posterior(*p.astype(np.float64).args)
+    loglik, g = ghn.value_and_grad(*p.args)
+    t = tol(dtype)
+    np.testing.assert_allclose(loglik, expected.loglik, **t)
+    np.testing.assert_allclose(g.log_emit, expected.gamma, **t)
+    np.testing.assert_allclose(g.log_trans, expected.trans_counts, **t)
+    np.testing.assert_allclose(g.log_init, expected.init_counts, **t)
+
+
 def _left_to_right(N):
     """A left-to-right band model: start in state 0, stay (0.9) or move one state on (0.1)."""
     lt = np.full((N, N), -np.inf)

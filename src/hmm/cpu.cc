@@ -376,14 +376,29 @@ HMM_INLINE T load_emission(const T* __restrict e, int64_t N, int64_t Np, T* __re
 template <typename T>
 struct EmitRow {
   static constexpr int W = Vec<T>::W;
+  typedef typename Vec<T>::itype VI;
+  typedef decltype(VI{}[0]) IT;
   const T* e;
   int64_t full;  // entries in whole vectors
-  alignas(32) T tail[W];
+  vec_t<T> tail;
   HMM_INLINE EmitRow(const T* row, int64_t N) : e(row), full(N / W * W) {
-    if (full < N)
-      for (int j = 0; j < W; ++j) tail[j] = full + j < N ? row[full + j] : neg_inf<T>();
+    const int r = int(N - full);  // entries in the partial last vector
+    if (r == 0) return;
+    VI lanes;
+    for (int j = 0; j < W; ++j) lanes[j] = IT(j);
+    const vec_t<T> ninf = splat<T>(neg_inf<T>());
+    if (full == 0) {
+      alignas(32) T buf[W];
+      for (int j = 0; j < W; ++j) buf[j] = j < r ? row[j] : neg_inf<T>();
+      tail = load(buf);
+      return;
+    }
+    // The last W entries of the row, moved down by W - r lanes: one load and one
+    // permute (a copy lane by lane would stall the vector load that reads it back).
+    const vec_t<T> v = __builtin_shuffle(load(row + N - W), lanes + IT(W - r));
+    tail = lanes < IT(r) ? v : ninf;
   }
-  HMM_INLINE vec_t<T> vec(int64_t j) const { return j < full ? load(e + j) : load(tail); }
+  HMM_INLINE vec_t<T> vec(int64_t j) const { return j < full ? load(e + j) : tail; }
   // Largest finite entry, or 0 when there is none (as finite_max_row).
   HMM_INLINE T max(int64_t Np) const {
     typedef vec_t<T> V;
