@@ -381,20 +381,23 @@ struct EmitRow {
   const T* e;
   int64_t full;  // entries in whole vectors
   vec_t<T> tail;
-  HMM_INLINE EmitRow(const T* row, int64_t N) : e(row), full(N / W * W) {
+  // row lies in the array that starts at base (so W entries ending at the row's
+  // end can be read when the row has at least W - N entries before it there).
+  HMM_INLINE EmitRow(const T* row, int64_t N, const T* base) : e(row), full(N / W * W) {
     const int r = int(N - full);  // entries in the partial last vector
     if (r == 0) return;
     VI lanes;
     for (int j = 0; j < W; ++j) lanes[j] = IT(j);
     const vec_t<T> ninf = splat<T>(neg_inf<T>());
-    if (full == 0) {
+    if (row + N - W < base) {  // the first rows of the array when N < W
       alignas(32) T buf[W];
       for (int j = 0; j < W; ++j) buf[j] = j < r ? row[j] : neg_inf<T>();
       tail = load(buf);
       return;
     }
-    // The last W entries of the row, moved down by W - r lanes: one load and one
-    // permute (a copy lane by lane would stall the vector load that reads it back).
+    // The last W entries up to the row's end, moved down by W - r lanes: one load
+    // and one permute (a copy lane by lane would stall the vector load that reads
+    // it back: store forwarding does not merge narrow stores).
     const vec_t<T> v = __builtin_shuffle(load(row + N - W), lanes + IT(W - r));
     tail = lanes < IT(r) ? v : ninf;
   }
@@ -794,7 +797,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
       scale_row(g, t - 1);  // alpha_{t-1}, after the product has read p_{t-1}
-      const EmitRow<T> er(M.emit_of(seq[g], t), N);
+      const EmitRow<T> er(M.emit_of(seq[g], t), N, M.emit);
       const T m = er.max(Np);
       T* a = y[g];
       const vec_t<T> inv = splat<T>(inv_prev[g]);
@@ -1007,7 +1010,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
       const T* a = Bw.S.alpha(b, t);
       // gamma_t = alpha_t * beta_t (0 where alpha is 0, whatever beta holds)
       if (Bw.grad_emit) gamma_row(a, beta[g], w[g], N, Bw.grad_emit + (b * TT + t) * N);
-      const EmitRow<T> er(M.emit_of(b, t), N);
+      const EmitRow<T> er(M.emit_of(b, t), N, M.emit);
       const T m = er.max(Np);
       const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, t));
       for (int64_t j = 0; j < Np; j += Vec<T>::W)
@@ -1091,25 +1094,12 @@ HMM_INLINE bool small_applies(const Model<T>& M, int g) {
 }
 
 // u = exp(e - m) for one row of N <= W emissions, m (returned in *m) its largest
-// finite entry or 0 when there is none: load_emission + exp_row for one vector.
+// finite entry or 0 when there is none (EmitRow's values, one vector).
 template <typename T>
-HMM_INLINE vec_t<T> small_emission(const T* e, int64_t N, T* m) {
-  typedef vec_t<T> V;
-  constexpr int W = Vec<T>::W;
-  const V ninf = splat<T>(neg_inf<T>()), pinf = splat<T>(std::numeric_limits<T>::infinity());
-  V v;
-  if (N == W) {
-    v = load(e);
-  } else {
-    T buf[W];
-    for (int j = 0; j < W; ++j) buf[j] = j < N ? e[j] : neg_inf<T>();
-    v = load(buf);
-  }
-  const V f = v < pinf ? v : ninf;  // +inf and NaN drop out of the maximum
-  T mx = simd::hmax<T>(f);
-  mx = mx == neg_inf<T>() ? T(0) : mx;
-  *m = mx;
-  return simd::vexp<T>(v - mx);
+HMM_INLINE vec_t<T> small_emission(const T* e, int64_t N, const T* base, T* m) {
+  const EmitRow<T> er(e, N, base);
+  *m = er.max(Vec<T>::W);
+  return simd::vexp<T>(er.vec(0) - *m);
 }
 
 // The W rows of a one-vector matrix as registers, zero rows past N.
@@ -1138,14 +1128,14 @@ HMM_INLINE void forward_small(const FwdShared<T>& F, int64_t b, Arena& ar) {
   bool ok = true;
   if (L > 0) {
     T mi, m0;
-    V p = small_emission(M.init_of(b), N, &mi);
-    p = p * small_emission(M.emit_of(b, 0), N, &m0);
+    V p = small_emission(M.init_of(b), N, M.init, &mi);
+    p = p * small_emission(M.emit_of(b, 0), N, M.emit, &m0);
     ll.shift += double(m0) + double(mi);
     // u_t for the first steps; then step t computes u_{t + kAheadSmall} beside the chain
     // (the shifts are added in the order of t all the same)
     auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
       T m;
-      store(u + (t % kRing) * W, small_emission(M.emit_of(b, t), N, &m));
+      store(u + (t % kRing) * W, small_emission(M.emit_of(b, t), N, M.emit, &m));
       ll.shift += double(m) + double(mA);
     };
     for (int64_t t = 1; t < L && t <= kAheadSmall; ++t) emission(t);
@@ -1223,7 +1213,7 @@ HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc,
   const T* sc = &Bw.S.scale(b, 0);
   auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
     T m;
-    store(us + (t % kRing) * W, small_emission(M.emit_of(b, t), N, &m) * splat<T>(T(1) / sc[t]));
+    store(us + (t % kRing) * W, small_emission(M.emit_of(b, t), N, M.emit, &m) * splat<T>(T(1) / sc[t]));
   };
   V beta;
   for (int j = 0; j < W; ++j) beta[j] = j < N ? T(1) : T(0);
