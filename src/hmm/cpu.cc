@@ -345,34 +345,9 @@ HMM_INLINE T finite_max(const T* x, int64_t n) {
   return m == neg_inf<T>() ? T(0) : m;
 }
 
-// The same over a padded row (Np entries, padding -inf), branch-free.
-template <typename T>
-HMM_INLINE T finite_max_row(const T* x, int64_t Np) {
-  typedef vec_t<T> V;
-  const V ninf = splat<T>(neg_inf<T>()), pinf = splat<T>(std::numeric_limits<T>::infinity());
-  V m = ninf;
-  for (int64_t j = 0; j < Np; j += Vec<T>::W) {
-    V v = load(x + j);
-    v = v < pinf ? v : ninf;  // +inf and NaN drop out
-    m = v > m ? v : m;
-  }
-  const T r = simd::hmax<T>(m);
-  return r == neg_inf<T>() ? T(0) : r;
-}
-
-// A row of N values in padded form (-inf after N); returns its largest finite entry.
-template <typename T>
-HMM_INLINE T load_emission(const T* __restrict e, int64_t N, int64_t Np, T* __restrict buf) {
-  int64_t j = 0;
-  for (; j + Vec<T>::W <= N; j += Vec<T>::W) store(buf + j, load(e + j));
-  for (; j < N; ++j) buf[j] = e[j];
-  for (; j < Np; ++j) buf[j] = neg_inf<T>();
-  return finite_max_row(buf, Np);
-}
-
-/* One row of N emissions read in place: whole vectors straight from the input,
- * the partial last one (if any) from a copy padded with -inf.  The same values
- * as load_emission's padded row, without copying the whole row. */
+/* One row of N emissions read in place, as padded vectors of Np entries (-inf
+ * past N): whole vectors straight from the input, the partial last one (if any)
+ * by a shifted load and a permute, or from a copy for the first rows of an array. */
 template <typename T>
 struct EmitRow {
   static constexpr int W = Vec<T>::W;
@@ -402,7 +377,7 @@ struct EmitRow {
     tail = lanes < IT(r) ? v : ninf;
   }
   HMM_INLINE vec_t<T> vec(int64_t j) const { return j < full ? load(e + j) : tail; }
-  // Largest finite entry, or 0 when there is none (as finite_max_row).
+  // Largest finite entry (+inf and NaN skipped), or 0 when there is none.
   HMM_INLINE T max(int64_t Np) const {
     typedef vec_t<T> V;
     const V ninf = splat<T>(neg_inf<T>()), pinf = splat<T>(std::numeric_limits<T>::infinity());
@@ -729,8 +704,6 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   int64_t maxL = 0;
   LogProduct ll[G];
   bool ok[G];
-  T* ebuf = ar.array<T>(Np);
-  T* ubuf = ar.array<T>(Np);
   T* zero_row = ar.array<T>(Np);
   T* junk[G];
   std::fill(zero_row, zero_row + Np, T(0));
@@ -773,12 +746,11 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     const int64_t b = seq[g];
     // p_0 = exp(log_init - mi) * exp(e_0 - m): shifted separately, since adding a
     // small log_init to an emission of -1e4 in float32 would round it away.
-    const T mi = load_emission(M.init_of(b), N, Np, ebuf);
+    const EmitRow<T> ei(M.init_of(b), N, M.init), e0(M.emit_of(b, 0), N, M.emit);
+    const T mi = ei.max(Np), m = e0.max(Np);
     T* a = F.S.alpha(b, 0);
-    exp_row(ebuf, mi, Np, a);
-    const T m = load_emission(M.emit_of(b, 0), N, Np, ebuf);
-    exp_row(ebuf, m, Np, ubuf);
-    for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * load(ubuf + j));
+    for (int64_t j = 0; j < Np; j += Vec<T>::W)
+      store(a + j, simd::vexp<T>(ei.vec(j) - mi) * simd::vexp<T>(e0.vec(j) - m));
     ll[g].shift += double(m) + double(mi);
   }
   for (int64_t t = 1; t < maxL; ++t) {
@@ -848,6 +820,21 @@ struct ChunkAcc {
   double* trans_direct;  // log-space counts (N x N)
   double* init;        // N
 };
+
+// Transition statistics are summed in float for at most this many steps, then
+// added to float64 accumulators (keeps float32 sums accurate at long T).
+constexpr int64_t kFlush = 128;
+
+// Zeros the gradients the backward pass of member b (length L) does not write
+// otherwise: grad_emit past L and a per-sequence grad_init row.
+template <typename T>
+HMM_INLINE void backward_zero_padding(const BwdShared<T>& Bw, int64_t b, int64_t L) {
+  const Model<T>& M = *Bw.M;
+  const int64_t N = M.N, TT = M.T_;
+  if (Bw.grad_emit) std::fill(Bw.grad_emit + (b * TT + L) * N, Bw.grad_emit + (b + 1) * TT * N, T(0));
+  if (Bw.grad_init && M.init_mode == HMM_INIT_PER_SEQUENCE)
+    std::fill(Bw.grad_init + b * N, Bw.grad_init + (b + 1) * N, T(0));
+}
 
 // t = 0 of member b: gamma_0 = w alpha_0 beta_0 into grad_emit[b, 0] and the
 // initial-state gradient (summed into the chunk's accumulator when shared).
@@ -943,12 +930,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
     r[g] = ar.array<T>(Np);
     xa[g] = tv ? ar.array<T>(Np) : nullptr;  // only time-varying matrices use it
     junk[g] = ar.array<T>(Np);
-    if (Bw.grad_emit) {
-      T* ge = Bw.grad_emit + seq[g] * TT * N;
-      std::fill(ge + L[g] * N, ge + TT * N, T(0));
-    }
-    if (Bw.grad_init && M.init_mode == HMM_INIT_PER_SEQUENCE)
-      std::fill(Bw.grad_init + seq[g] * N, Bw.grad_init + (seq[g] + 1) * N, T(0));
+    backward_zero_padding(Bw, seq[g], L[g]);
     if (tv && Bw.grad_trans && TT > 0) {
       T* gt = Bw.grad_trans + seq[g] * TT * N * N;
       std::fill(gt, gt + N * N, T(0));  // [b, 0] is unused
@@ -957,8 +939,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
   }
   const bool want_trans = Bw.grad_trans != nullptr;
   // Local accumulators for the pre-A' transition statistics: float blocks
-  // flushed to float64 every kFlush steps (keeps float32 sums accurate at long T).
-  constexpr int64_t kFlush = 128;
+  // flushed to float64 every kFlush steps.
   constexpr int64_t kBlock = 32;  // steps per transition-statistics product
   T* Sf = nullptr;
   double* Sd = nullptr;
@@ -1152,6 +1133,7 @@ HMM_INLINE void forward_small(const FwdShared<T>& F, int64_t b, Arena& ar) {
       p = q * (load(u + (t % kRing) * W) * vinv);
       if (t + kAheadSmall < L) emission(t + kAheadSmall);
     }
+    // the last step (kept out of a shared helper: in one, the chain above ran 8 % slower)
     if (ok) {
       const T c = simd::hsum<T>(p);
       if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) {
@@ -1183,9 +1165,7 @@ HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc,
   const bool shared = M.trans_mode == HMM_TRANS_SHARED;
   const T w = Bw.w[b];
   T* ge = Bw.grad_emit ? Bw.grad_emit + b * TT * N : nullptr;
-  if (ge) std::fill(ge + L * N, ge + TT * N, T(0));
-  if (Bw.grad_init && M.init_mode == HMM_INIT_PER_SEQUENCE)
-    std::fill(Bw.grad_init + b * N, Bw.grad_init + (b + 1) * N, T(0));
+  backward_zero_padding(Bw, b, L);
   const T* A = Bw.A;
   const T* At = Bw.At;
   if (!shared) {
@@ -1200,12 +1180,11 @@ HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc,
   const bool want_trans = Bw.grad_trans != nullptr;
   T* us = ar.array<T>(kRing * W);  // u_t / c_t at slot t % kRing, kAheadSmall steps ahead
   // Transition statistics S[i] += alpha_{t-1}[i] (w r_t), in float for up to
-  // kFlush steps, then added to float64 (as the group kernel does).
+  // kFlush steps, then added to float64.
   T* Sf = ar.array<T>(W * W);
   double* Sd = ar.array<double>(N * N);
   std::fill(Sf, Sf + W * W, T(0));
   std::fill(Sd, Sd + N * N, 0.0);
-  constexpr int64_t kFlush = 128;
   auto flush = [&]() HMM_LAMBDA_INLINE {
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < N; ++j) { Sd[i * N + j] += double(Sf[i * W + j]); Sf[i * W + j] = 0; }
