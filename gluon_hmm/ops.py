@@ -123,7 +123,7 @@ def log_likelihood(log_init, log_trans, log_emit, lengths=None):
     (2,)
     """
     F, args, attrs = _frontend("log_likelihood", log_init, log_trans, log_emit, lengths)
-    return F.hmm_log_likelihood(*args, **attrs)[0]
+    return F.hmm_log_likelihood(*args, **attrs)
 
 
 def posterior_stats(log_init, log_trans, log_emit, lengths=None):

@@ -104,6 +104,94 @@ def test_symbol_executor_matches_ndarray(rng):
     assert s.infer_shape(li=(3,), lt=(3, 3), le=(4, 6, 3), len=(4,))[1] == [(4,)]
 
 
+def test_symbol_executor_backward(rng):
+    """The executor keeps one op state per node: its backward reads its own forward's variables."""
+    p = make_problem(rng, 4, 6, 3, trans="batch", lengths="ragged")
+    w = np.array([1.0, -2.0, 0.5, 3.0])
+    s = gh.log_likelihood(mx.sym.var("li"), mx.sym.var("lt"), mx.sym.var("le"),
+                          mx.sym.var("len", dtype="int32"))
+    args = {"li": mx.nd.array(p.log_init, dtype="float64"),
+            "lt": mx.nd.array(p.log_trans, dtype="float64"),
+            "le": mx.nd.array(p.log_emit, dtype="float64"),
+            "len": mx.nd.array(p.lengths, dtype="int32")}
+    grads = {k: mx.nd.zeros_like(v) for k, v in args.items() if k != "len"}
+    ex = s.bind(mx.cpu(), args, args_grad=grads, grad_req={"li": "write", "lt": "write",
+                                                             "le": "write", "len": "null"})
+    post = ref.posterior(*p.args)
+    for _ in range(2):  # a second pass through the same executor (the same op state)
+        np.testing.assert_allclose(ex.forward(is_train=True)[0].asnumpy(), post.loglik,
+                                   rtol=1e-12)
+        ex.backward(mx.nd.array(w, dtype="float64"))
+        np.testing.assert_allclose(grads["le"].asnumpy(), w[:, None, None] * post.gamma,
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grads["lt"].asnumpy(), w[:, None, None] * post.trans_counts,
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_log_likelihood_has_one_output_and_no_zero_filled_head_gradient(rng, tmp_path):
+    """The forward variables live in the op state, not in a second output: autograd has no
+    unused output whose head gradient it would zero-fill before every backward."""
+    sym = gh.log_likelihood(mx.sym.var("li"), mx.sym.var("lt"), mx.sym.var("le"))
+    assert len(sym.list_outputs()) == 1
+    p = make_problem(rng, 2, 50, 4).astype(np.float32)
+    (li, lt, le), _ = nd(p)
+    for a in (li, lt, le):
+        a.attach_grad()
+    mx.profiler.set_config(profile_imperative=True, aggregate_stats=True,
+                           filename=str(tmp_path / "profile.json"))
+    mx.profiler.set_state("run")
+    try:
+        with mx.autograd.record():
+            out = gh.log_likelihood(li, lt, le)
+        out.backward()
+        mx.nd.waitall()
+    finally:
+        mx.profiler.set_state("stop")
+    stats = mx.profiler.dumps(reset=True)
+    assert "_backward_hmm_log_likelihood" in stats
+    assert "_zeros" not in stats, stats
+    np.testing.assert_allclose(le.grad.asnumpy(), ref.posterior(*p.astype(np.float64).args).gamma,
+                               **tol(np.float32))
+
+
+def _log_softmax(x):
+    return x - np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1, keepdims=True)) \
+        - x.max(-1, keepdims=True)
+
+
+def test_op_state_across_calls_shapes_and_repeated_backward(rng):
+    """Each recorded call keeps its own forward variables: two calls before one backward,
+    a backward run twice (retain_graph), and a static-alloc block whose input shapes change."""
+    p1 = make_problem(rng, 3, 7, 4, lengths="ragged")
+    p2 = make_problem(rng, 2, 11, 4)
+    (a1, b1, e1), l1 = nd(p1)
+    (a2, b2, e2), _ = nd(p2)
+    for a in (e1, e2):
+        a.attach_grad()
+    with mx.autograd.record():
+        loss = gh.log_likelihood(a1, b1, e1, l1).sum() + 2 * gh.log_likelihood(a2, b2, e2).sum()
+    loss.backward(retain_graph=True)
+    first = e1.grad.asnumpy(), e2.grad.asnumpy()
+    loss.backward()
+    np.testing.assert_allclose(first[0], ref.posterior(*p1.args).gamma, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(first[1], 2 * ref.posterior(*p2.args).gamma, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(e1.grad.asnumpy(), first[0])
+    np.testing.assert_array_equal(e2.grad.asnumpy(), first[1])
+
+    net = Scorer()
+    net.hybridize(static_alloc=True)
+    for B, T in ((3, 7), (5, 40), (2, 4), (5, 40)):
+        p = make_problem(rng, B, T, 4)
+        li, lt, le = [mx.nd.array(a, dtype=a.dtype) for a in p.args[:3]]
+        le.attach_grad()
+        with mx.autograd.record():
+            out = net(li, lt, le)
+        out.backward()
+        expected = ref.posterior(_log_softmax(p.log_init), _log_softmax(p.log_trans), p.log_emit)
+        np.testing.assert_allclose(out.asnumpy(), expected.loglik, rtol=1e-10)
+        np.testing.assert_allclose(le.grad.asnumpy(), expected.gamma, rtol=1e-9, atol=1e-12)
+
+
 class Scorer(mx.gluon.HybridBlock):
     """log_init/log_trans/log_emit in; lengths optional."""
 
@@ -212,7 +300,7 @@ def test_error_messages_do_not_accumulate():
         return (time.perf_counter() - t0) / n
 
     def failing_op_call():
-        mx.nd.hmm_log_likelihood(*bad, has_lengths=0)[0].wait_to_read()
+        mx.nd.hmm_log_likelihood(*bad, has_lengths=0).wait_to_read()
 
     before = valid_call_seconds()
     for _ in range(2000):
@@ -260,3 +348,27 @@ def test_gpu_request_without_cuda_says_so():
     lib.hmm_status_string.restype = ctypes.c_char_p
     assert b"built without CUDA" in lib.hmm_status_string(status)
     assert b"GLUON_HMM_CUDA=1" in lib.hmm_status_string(status)
+
+
+def test_buffer_alloc_keeps_memory_between_calls():
+    """hmm_buffer_alloc / hmm_buffer_free: what the log-likelihood op state holds its saved
+    state in.  Host memory 64-byte aligned, clear statuses for the edge cases."""
+    import ctypes
+    lib = gh._library.load()
+    alloc, free = lib.hmm_buffer_alloc, lib.hmm_buffer_free
+    alloc.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                      ctypes.POINTER(ctypes.c_void_p)]
+    free.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    ptr = ctypes.c_void_p()
+    for nbytes in (1, 1000, 3 << 20):
+        assert alloc(0, None, nbytes, ctypes.byref(ptr)) == 0
+        assert ptr.value and ptr.value % 64 == 0
+        ctypes.memset(ptr, 7, nbytes)
+        assert free(0, None, ptr) == 0
+    assert alloc(0, None, 0, ctypes.byref(ptr)) == 0 and not ptr.value
+    assert free(0, None, None) == 0
+    assert alloc(7, None, 8, ctypes.byref(ptr)) == 1      # no such device
+    assert alloc(0, None, 1 << 62, ctypes.byref(ptr)) == 3 and not ptr.value  # no such memory
+    assert alloc(0, None, 8, None) == 2
+    if not lib.hmm_has_cuda():
+        assert alloc(1, None, 8, ctypes.byref(ptr)) == 4  # built without CUDA

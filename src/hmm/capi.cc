@@ -3,6 +3,7 @@
  * the CPU driver or (in CUDA builds) the CUDA driver.
  */
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -201,6 +202,39 @@ int hmm_has_cuda(void) {
 #else
   return 0;
 #endif
+}
+
+hmm_status_t hmm_buffer_alloc(hmm_device_t device, void* stream, size_t bytes, void** ptr) {
+  if (!ptr) return HMM_STATUS_NULL_POINTER;
+  *ptr = nullptr;
+  if (device != HMM_DEVICE_CPU && device != HMM_DEVICE_CUDA) return HMM_STATUS_INVALID_VALUE;
+  if (bytes == 0) return HMM_STATUS_SUCCESS;
+  if (device == HMM_DEVICE_CUDA) {
+#ifdef GLUON_HMM_WITH_CUDA
+    return hmm_cuda_buffer_alloc(stream, bytes, ptr);
+#else
+    return HMM_STATUS_NO_CUDA;
+#endif
+  }
+  (void)stream;
+  if (bytes > std::numeric_limits<size_t>::max() - 63) return HMM_STATUS_TOO_LARGE;
+  *ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  return *ptr ? HMM_STATUS_SUCCESS : HMM_STATUS_TOO_LARGE;
+}
+
+hmm_status_t hmm_buffer_free(hmm_device_t device, void* stream, void* ptr) {
+  if (device != HMM_DEVICE_CPU && device != HMM_DEVICE_CUDA) return HMM_STATUS_INVALID_VALUE;
+  if (!ptr) return HMM_STATUS_SUCCESS;
+  if (device == HMM_DEVICE_CUDA) {
+#ifdef GLUON_HMM_WITH_CUDA
+    return hmm_cuda_buffer_free(stream, ptr);
+#else
+    return HMM_STATUS_NO_CUDA;
+#endif
+  }
+  (void)stream;
+  std::free(ptr);
+  return HMM_STATUS_SUCCESS;
 }
 
 void hmm_set_num_threads(int num_threads) { hmm_cpu_set_default_threads(num_threads); }

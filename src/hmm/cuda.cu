@@ -2042,4 +2042,19 @@ hmm_status_t hmm_cuda_sample(const hmm_problem_t* p, const hmm_inputs_t* in, int
   return sample_impl<double>(p, in, num_samples, seed, paths, workspace);
 }
 
+hmm_status_t hmm_cuda_buffer_alloc(void* stream, size_t bytes, void** ptr) {
+  clear_stale_error();
+  const cudaError_t e = cudaMallocAsync(ptr, bytes, static_cast<cudaStream_t>(stream));
+  if (e == cudaSuccess) return HMM_STATUS_SUCCESS;
+  *ptr = nullptr;
+  (void)cudaGetLastError();
+  return e == cudaErrorMemoryAllocation ? HMM_STATUS_TOO_LARGE : HMM_STATUS_CUDA_ERROR;
+}
+
+hmm_status_t hmm_cuda_buffer_free(void* stream, void* ptr) {
+  clear_stale_error();
+  return cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream)) == cudaSuccess
+             ? HMM_STATUS_SUCCESS : HMM_STATUS_CUDA_ERROR;
+}
+
 }  // extern "C"

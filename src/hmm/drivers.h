@@ -36,6 +36,8 @@
 extern "C" {
 HMM_DECLARE_DRIVER(hmm_cpu)
 HMM_DECLARE_DRIVER(hmm_cuda)
+hmm_status_t hmm_cuda_buffer_alloc(void* stream, size_t bytes, void** ptr);
+hmm_status_t hmm_cuda_buffer_free(void* stream, void* ptr);
 }
 
 #endif  // GLUON_HMM_DRIVERS_H_

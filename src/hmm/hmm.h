@@ -4,10 +4,12 @@
  * Framework-free hidden-Markov-model kernels.  The MXNet operator library
  * (src/mxnet/) and the Cython binding (gluon_hmm/_native.pyx) only unpack
  * arrays, fill an hmm_problem_t, call one of these functions and turn the
- * returned status into an exception.  No function allocates on behalf of the
+ * returned status into an exception.  No kernel allocates on behalf of the
  * caller: buffers whose size depends on the problem are sized by the
  * hmm_*_size() queries and owned by the caller (MXNet's per-call scratch,
- * NumPy arrays, CuPy/PyTorch device memory).
+ * NumPy arrays, CuPy/PyTorch device memory).  hmm_buffer_alloc serves callers
+ * whose framework gives only per-call scratch but who must keep a buffer
+ * between two calls (the MXNet operator's saved state).
  *
  * Model (see shared DESIGN.md): for sequence b of valid length L = lengths[b]
  *   loglik[b] = log sum_z exp( log_init[z_0] + log_emit[b,0,z_0]
@@ -113,6 +115,15 @@ hmm_status_t hmm_posterior_workspace_size(const hmm_problem_t* p, size_t* bytes)
 hmm_status_t hmm_viterbi_workspace_size(const hmm_problem_t* p, size_t* bytes);
 hmm_status_t hmm_sample_workspace_size(const hmm_problem_t* p, int64_t num_samples,
                                        size_t* bytes);
+
+/* Memory that outlives a call, for the caller to own and pass back to
+ * hmm_buffer_free.  CPU: 64-byte aligned host memory (stream ignored).
+ * CUDA: stream-ordered device memory (cudaMallocAsync / cudaFreeAsync on
+ * stream): usable by work queued on stream after the call, freed after the
+ * work queued on stream before the free.  bytes == 0 gives NULL; freeing NULL
+ * does nothing.  HMM_STATUS_TOO_LARGE when the memory is not there. */
+hmm_status_t hmm_buffer_alloc(hmm_device_t device, void* stream, size_t bytes, void** ptr);
+hmm_status_t hmm_buffer_free(hmm_device_t device, void* stream, void* ptr);
 
 /* Checks lengths (host memory) lie in [0, T]; *bad_index gets the first bad b or -1. */
 hmm_status_t hmm_check_lengths(const hmm_problem_t* p, const void* lengths, int64_t* bad_index);

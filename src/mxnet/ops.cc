@@ -7,9 +7,9 @@
  * src/hmm/hmm.h, and turns a status into an MXNet error.
  *
  * Operators (inputs are positional; lengths is present when has_lengths=1):
- *   hmm_log_likelihood(log_init, log_trans, log_emit[, lengths]) -> loglik (B,), saved (S,)
- *       differentiable w.r.t. the three float inputs; `saved` carries the
- *       forward variables to the backward pass (lib_api has no hidden outputs).
+ *   hmm_log_likelihood(log_init, log_trans, log_emit[, lengths]) -> loglik (B,)
+ *       differentiable w.r.t. the three float inputs; a stateful operator whose
+ *       op state carries the forward variables to the backward pass.
  *   hmm_posterior(...)  -> gamma (B,T,N), trans_counts (shape of log_trans),
  *                           init_counts (shape of log_init), loglik (B,)
  *   hmm_viterbi(...)    -> path (B,T) int32, score (B,)
@@ -292,13 +292,19 @@ std::vector<unsigned int> u(std::initializer_list<int64_t> dims) {
   return v;
 }
 
-/* ======================= _hmm_log_likelihood ================================ */
+/* ======================== hmm_log_likelihood ================================ */
+// A stateful operator: the forward keeps the forward variables the backward
+// reads (hmm_saved_size elements) in its op state, which MXNet hands to the
+// backward of the same graph node.  (As a second output, that buffer cost a
+// zero-filled head gradient of its size in every backward, which MXNet's
+// autograd adds for an output the loss does not use: 0.3-0.7 ms per call at
+// B,N,T = 8,50,1000, a sixth of the round trip.)
 const char* kLL = "gluon_hmm.log_likelihood";
 
-MXReturnValue ll_parse(const Attrs& a, int* ni, int* no) { return parse_model_attrs(a, ni, no, 0, 2); }
+MXReturnValue ll_parse(const Attrs& a, int* ni, int* no) { return parse_model_attrs(a, ni, no, 0, 1); }
 
 MXReturnValue ll_type(const Attrs& a, std::vector<int>* in, std::vector<int>* out) {
-  return infer_float_outputs(kLL, a, in, out, {false, false});
+  return infer_float_outputs(kLL, a, in, out, {false});
 }
 
 MXReturnValue ll_shape(const Attrs& a, std::vector<std::vector<unsigned int>>* in,
@@ -306,46 +312,105 @@ MXReturnValue ll_shape(const Attrs& a, std::vector<std::vector<unsigned int>>* i
   hmm_problem_t p;
   MXReturnValue rv;
   if (!infer_problem(kLL, a, *in, &p, &rv)) return rv;
-  int64_t saved = 0;
-  const hmm_status_t st = hmm_saved_size(&p, &saved);
-  if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
-  if (saved > static_cast<int64_t>(UINT32_MAX))
-    return error(kLL, "inputs too large for MXNet's 32-bit shape dimensions");
   (*out)[0] = u({p.batch});
-  (*out)[1] = u({saved});
   return MX_SUCCESS;
 }
 
-MXReturnValue ll_forward(const Attrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                         const OpResource& res) {
-  return compute(kLL, a, *in, 0, res,
-                 [](const hmm_problem_t&, size_t* b) { *b = 0; return HMM_STATUS_SUCCESS; },
-                 [&](Call& c, void*) {
-                   return hmm_forward(&c.p, &c.in, (*out)[0].data_ptr, (*out)[1].data_ptr);
-                 });
+bool same_problem(const hmm_problem_t& a, const hmm_problem_t& b) {
+  return a.batch == b.batch && a.time == b.time && a.states == b.states && a.dtype == b.dtype &&
+         a.init_mode == b.init_mode && a.trans_mode == b.trans_mode &&
+         a.lengths_type == b.lengths_type && a.device == b.device;
 }
 
-// Backward inputs: ograd(loglik), ograd(saved), the op's inputs, the op's outputs.
-MXReturnValue ll_backward(const Attrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                          const OpResource& res) {
-  const bool has_lengths = attr_flag(a, "has_lengths", false);
-  const size_t nin = has_lengths ? 4 : 3;
-  const void* grad_loglik = (*in)[0].data_ptr;
-  const void* saved = (*in)[2 + nin + 1].data_ptr;
-  MXReturnValue rv = compute(
-      kLL, a, *in, 2, res,
-      [](const hmm_problem_t& p, size_t* b) { return hmm_backward_workspace_size(&p, b); },
-      [&](Call& c, void* ws) {
-        return hmm_backward(&c.p, &c.in, saved, grad_loglik, (*out)[0].data_ptr,
-                            (*out)[1].data_ptr, (*out)[2].data_ptr, ws);
-      });
-  if (rv == MX_SUCCESS && has_lengths && (*out)[3].ctx.dev_type != "gpu") {
-    // lengths is an integer input: its gradient is zero
-    MXTensor& gl = (*out)[3];
-    std::memset(gl.data_ptr, 0, static_cast<size_t>(gl.size()) *
-                                    (gl.dtype == mxnet::ext::kInt32 ? 4 : 8));
+class LogLikelihoodState : public mxnet::ext::CustomStatefulOp {
+ public:
+  explicit LogLikelihoodState(const Attrs& attrs) : attrs_(attrs) {}
+  ~LogLikelihoodState() override { release(); }
+
+  // inputs: log_init, log_trans, log_emit[, lengths]; output: loglik
+  MXReturnValue Forward(std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                        const OpResource& res) override {
+    clear_errors();
+    saved_valid_ = false;
+    Call c;
+    std::string err;
+    if (!prepare(kLL, attrs_, *in, 0, res, &c, &err)) return error(kLL, err);
+    int64_t elems = 0;
+    hmm_status_t st = hmm_saved_size(&c.p, &elems);
+    if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
+    const size_t bytes = static_cast<size_t>(elems) * (c.p.dtype == HMM_FLOAT64 ? 8 : 4);
+    if (bytes > capacity_ || c.p.device != device_) {
+      release();
+      device_ = c.p.device;
+      stream_ = c.p.stream;
+      st = hmm_buffer_alloc(device_, stream_, bytes, &saved_);
+      if (st == HMM_STATUS_TOO_LARGE)
+        return error(kLL, "could not allocate " + std::to_string(bytes) +
+                              " bytes for the forward variables kept for the backward pass");
+      if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
+      capacity_ = bytes;
+    }
+    stream_ = c.p.stream;
+    st = hmm_forward(&c.p, &c.in, (*out)[0].data_ptr, saved_);
+    if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
+    problem_ = c.p;
+    saved_valid_ = true;
+    return MX_SUCCESS;
   }
-  return rv;
+
+  // inputs: ograd(loglik), the forward's inputs, loglik; outputs: their gradients
+  MXReturnValue Backward(std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                         const OpResource& res) override {
+    clear_errors();
+    if (!saved_valid_)
+      return error(kLL, "backward pass without a successful forward pass on this operator state");
+    Call c;
+    std::string err;
+    if (!prepare(kLL, attrs_, *in, 1, res, &c, &err)) return error(kLL, err);
+    if (!same_problem(c.p, problem_))
+      return error(kLL, "backward pass on inputs of other shapes, dtypes or device than its forward pass");
+    size_t ws_bytes = 0;
+    hmm_status_t st = hmm_backward_workspace_size(&c.p, &ws_bytes);
+    if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
+    void* ws = scratch(res, c.p, ws_bytes);
+    if (ws_bytes && !ws)
+      return error(kLL, "could not allocate " + std::to_string(ws_bytes) + " bytes of workspace");
+    stream_ = c.p.stream;
+    st = hmm_backward(&c.p, &c.in, saved_, (*in)[0].data_ptr, (*out)[0].data_ptr,
+                      (*out)[1].data_ptr, (*out)[2].data_ptr, ws);
+    if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
+    if (c.p.lengths_type != HMM_LENGTHS_NONE && c.p.device == HMM_DEVICE_CPU) {
+      // lengths is an integer input: its gradient is zero
+      MXTensor& gl = (*out)[3];
+      std::memset(gl.data_ptr, 0, static_cast<size_t>(gl.size()) *
+                                      (gl.dtype == mxnet::ext::kInt32 ? 4 : 8));
+    }
+    return MX_SUCCESS;
+  }
+
+ private:
+  // Stream-ordered on the GPU: freed after the work last queued with this state.
+  void release() {
+    if (saved_) hmm_buffer_free(device_, stream_, saved_);
+    saved_ = nullptr;
+    capacity_ = 0;
+    saved_valid_ = false;
+  }
+
+  Attrs attrs_;
+  void* saved_ = nullptr;      // the forward variables (hmm_forward's `saved`)
+  size_t capacity_ = 0;        // bytes at saved_ (kept across calls of a reused state)
+  hmm_device_t device_ = HMM_DEVICE_CPU;
+  void* stream_ = nullptr;     // CUDA stream of the last call
+  hmm_problem_t problem_{};    // the forward's problem, checked by the backward
+  bool saved_valid_ = false;
+};
+
+MXReturnValue ll_create(const Attrs& a, const MXContext&, const std::vector<std::vector<unsigned int>>&,
+                        const std::vector<int>, mxnet::ext::CustomStatefulOp** op) {
+  clear_errors();
+  *op = mxnet::ext::CustomStatefulOp::create<LogLikelihoodState>(a);
+  return MX_SUCCESS;
 }
 
 /* ========================== _hmm_posterior ================================== */
@@ -475,10 +540,8 @@ REGISTER_OP(hmm_log_likelihood)
     .setParseAttrs(ll_parse)
     .setInferType(ll_type)
     .setInferShape(ll_shape)
-    .setForward(ll_forward, "cpu")
-    .setBackward(ll_backward, "cpu")
-    .setForward(ll_forward, "gpu")
-    .setBackward(ll_backward, "gpu");
+    .setCreateOpState(ll_create, "cpu")
+    .setCreateOpState(ll_create, "gpu");
 
 REGISTER_OP(hmm_posterior)
     .setParseAttrs(post_parse)

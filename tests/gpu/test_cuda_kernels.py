@@ -87,6 +87,8 @@ _SIGNATURES = {
     "hmm_posterior": ([_P, _I, _V, _V, _V, _V, _V], ctypes.c_int),
     "hmm_viterbi": ([_P, _I, _V, _V, _V], ctypes.c_int),
     "hmm_sample": ([_P, _I, ctypes.c_int64, _V, _V, _V], ctypes.c_int),
+    "hmm_buffer_alloc": ([ctypes.c_int, _V, ctypes.c_size_t, ctypes.POINTER(_V)], ctypes.c_int),
+    "hmm_buffer_free": ([ctypes.c_int, _V, _V], ctypes.c_int),
 }
 
 
@@ -728,3 +730,40 @@ def test_runs_on_the_given_stream(rng):
     eng = Engine(CUDA, stream=stream.ptr)
     got, _ = eng.forward(p)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_saved_state_in_a_stream_ordered_buffer(rng, dtype):
+    """hmm_buffer_alloc, as the MXNet op state uses it: the forward writes its saved state into
+    a buffer allocated on a stream, the backward reads it, the buffer is freed on the stream."""
+    if MEM.name != "cupy":
+        pytest.skip("stream test uses CuPy streams")
+    stream = MEM.cp.cuda.Stream(non_blocking=True)
+    eng = Engine(CUDA, stream=stream.ptr)
+    p = make_problem(rng, 3, 40, 5, lengths="ragged", dtype=dtype)
+    w = np.array([1.0, -0.5, 2.0])
+    pr, inp = eng.problem(p)
+    n = ctypes.c_int64()
+    _check(LIB.hmm_saved_size(ctypes.byref(pr), ctypes.byref(n)), "hmm_saved_size")
+    buf = ctypes.c_void_p()
+    _check(LIB.hmm_buffer_alloc(CUDA, stream.ptr, n.value * np.dtype(dtype).itemsize,
+                                ctypes.byref(buf)), "hmm_buffer_alloc")
+    assert buf.value
+    ll, llp = eng._poison((p.shape[0],), dtype)
+    ws = ctypes.c_size_t()
+    _check(LIB.hmm_backward_workspace_size(ctypes.byref(pr), ctypes.byref(ws)), "workspace size")
+    wp = eng._put(w.astype(dtype))[1]
+    grads = [eng._poison(a.shape, dtype) for a in (p.log_init, p.log_trans, p.log_emit)]
+    wsp = eng._workspace(ws.value)
+    eng._ready()
+    _check(LIB.hmm_forward(ctypes.byref(pr), ctypes.byref(inp), llp, buf), "hmm_forward")
+    _check(LIB.hmm_backward(ctypes.byref(pr), ctypes.byref(inp), buf, wp,
+                            *[g[1] for g in grads], wsp), "hmm_backward")
+    _check(LIB.hmm_buffer_free(CUDA, stream.ptr, buf), "hmm_buffer_free")
+    stream.synchronize()
+    want = reference_gradients(p, w)
+    t = tol(dtype)
+    np.testing.assert_allclose(MEM.get(ll), want[0], **t)
+    for (g, _), exp in zip(grads, want[1:]):
+        np.testing.assert_allclose(MEM.get(g), exp, **t)
+    eng._finish()
