@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gluon_hmm as gh
-from cases import SMALL_SIZES, iter_cases, load_reference, make_problem, tol
+from cases import SMALL_SIZES, _log_softmax, iter_cases, load_reference, make_problem, tol
 
 ref = load_reference()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,11 +152,6 @@ def test_log_likelihood_has_one_output_and_no_zero_filled_head_gradient(rng, tmp
     assert "_zeros" not in stats, stats
     np.testing.assert_allclose(le.grad.asnumpy(), ref.posterior(*p.astype(np.float64).args).gamma,
                                **tol(np.float32))
-
-
-def _log_softmax(x):
-    return x - np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1, keepdims=True)) \
-        - x.max(-1, keepdims=True)
 
 
 def test_op_state_across_calls_shapes_and_repeated_backward(rng):

@@ -235,6 +235,28 @@ MXReturnValue status(const char* op, hmm_status_t st) {
   return error(op, hmm_status_string(st));
 }
 
+/* Per-call scratch of the size size(p, &bytes) asks for; false with *rv set when
+ * it cannot be had. */
+template <typename Size>
+bool workspace(const char* op, const hmm_problem_t& p, const OpResource& res, Size size,
+               void** ws, MXReturnValue* rv) {
+  size_t bytes = 0;
+  const hmm_status_t st = size(p, &bytes);
+  if (st != HMM_STATUS_SUCCESS) { *rv = status(op, st); return false; }
+  *ws = scratch(res, p, bytes);
+  if (bytes && !*ws) {
+    *rv = error(op, "could not allocate " + std::to_string(bytes) + " bytes of workspace");
+    return false;
+  }
+  return true;
+}
+
+/* Zeros a host tensor (the gradient of an input that is not differentiated). */
+void zero_host(MXTensor& g) {
+  const size_t elem = g.dtype == mxnet::ext::kFloat64 || g.dtype == mxnet::ext::kInt64 ? 8 : 4;
+  std::memset(g.data_ptr, 0, static_cast<size_t>(g.size()) * elem);
+}
+
 /* The common shape of a compute function: describe the call, size and take the
  * per-call scratch, run.  size(p, &bytes) and run(call, workspace) wrap one ABI pair. */
 template <typename Size, typename Run>
@@ -244,12 +266,9 @@ MXReturnValue compute(const char* op, const Attrs& a, const std::vector<MXTensor
   Call c;
   std::string err;
   if (!prepare(op, a, in, first, res, &c, &err)) return error(op, err);
-  size_t ws_bytes = 0;
-  hmm_status_t st = size(c.p, &ws_bytes);
-  if (st != HMM_STATUS_SUCCESS) return status(op, st);
-  void* ws = scratch(res, c.p, ws_bytes);
-  if (ws_bytes && !ws) return error(op, "could not allocate " + std::to_string(ws_bytes) +
-                                            " bytes of workspace");
+  void* ws = nullptr;
+  MXReturnValue rv;
+  if (!workspace(op, c.p, res, size, &ws, &rv)) return rv;
   return status(op, run(c, ws));
 }
 
@@ -342,8 +361,7 @@ class LogLikelihoodState : public mxnet::ext::CustomStatefulOp {
     if (bytes > capacity_ || c.p.device != device_) {
       release();
       device_ = c.p.device;
-      stream_ = c.p.stream;
-      st = hmm_buffer_alloc(device_, stream_, bytes, &saved_);
+      st = hmm_buffer_alloc(device_, c.p.stream, bytes, &saved_);
       if (st == HMM_STATUS_TOO_LARGE)
         return error(kLL, "could not allocate " + std::to_string(bytes) +
                               " bytes for the forward variables kept for the backward pass");
@@ -369,22 +387,16 @@ class LogLikelihoodState : public mxnet::ext::CustomStatefulOp {
     if (!prepare(kLL, attrs_, *in, 1, res, &c, &err)) return error(kLL, err);
     if (!same_problem(c.p, problem_))
       return error(kLL, "backward pass on inputs of other shapes, dtypes or device than its forward pass");
-    size_t ws_bytes = 0;
-    hmm_status_t st = hmm_backward_workspace_size(&c.p, &ws_bytes);
-    if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
-    void* ws = scratch(res, c.p, ws_bytes);
-    if (ws_bytes && !ws)
-      return error(kLL, "could not allocate " + std::to_string(ws_bytes) + " bytes of workspace");
+    void* ws = nullptr;
+    MXReturnValue rv;
+    auto size = [](const hmm_problem_t& p, size_t* b) { return hmm_backward_workspace_size(&p, b); };
+    if (!workspace(kLL, c.p, res, size, &ws, &rv)) return rv;
     stream_ = c.p.stream;
-    st = hmm_backward(&c.p, &c.in, saved_, (*in)[0].data_ptr, (*out)[0].data_ptr,
+    const hmm_status_t st = hmm_backward(&c.p, &c.in, saved_, (*in)[0].data_ptr, (*out)[0].data_ptr,
                       (*out)[1].data_ptr, (*out)[2].data_ptr, ws);
     if (st != HMM_STATUS_SUCCESS) return status(kLL, st);
-    if (c.p.lengths_type != HMM_LENGTHS_NONE && c.p.device == HMM_DEVICE_CPU) {
-      // lengths is an integer input: its gradient is zero
-      MXTensor& gl = (*out)[3];
-      std::memset(gl.data_ptr, 0, static_cast<size_t>(gl.size()) *
-                                      (gl.dtype == mxnet::ext::kInt32 ? 4 : 8));
-    }
+    // lengths is an integer input: its gradient is zero
+    if (c.p.lengths_type != HMM_LENGTHS_NONE && c.p.device == HMM_DEVICE_CPU) zero_host((*out)[3]);
     return MX_SUCCESS;
   }
 
@@ -527,8 +539,7 @@ MXReturnValue zero_backward(const Attrs&, std::vector<MXTensor>*, std::vector<MX
       // before they reach these ops (BlockGrad), so this path is not taken.
       continue;
     }
-    const size_t elem = g.dtype == mxnet::ext::kFloat64 || g.dtype == mxnet::ext::kInt64 ? 8 : 4;
-    std::memset(g.data_ptr, 0, static_cast<size_t>(g.size()) * elem);
+    zero_host(g);
   }
   (void)res;
   return MX_SUCCESS;
