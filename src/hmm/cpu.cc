@@ -4,7 +4,8 @@
  *
  * Recursions (per sequence b of length L; A' = exp(log_trans - mA) with mA the
  * largest finite entry of the matrix used at that step; u_t = exp(e_t - m_t)
- * with m_t the largest finite emission at step t):
+ * with m_t the largest emission at step t; a row with +inf or NaN makes some
+ * c_t non-finite, and the sequence falls back as described below):
  *
  *   forward   p_0 = exp(log_init + e_0 - m_0)          c_0 = sum p_0   alpha_0 = p_0 / c_0
  *             v_t = alpha_{t-1} A'   p_t = v_t * u_t    c_t = sum p_t   alpha_t = p_t / c_t
@@ -377,15 +378,16 @@ struct EmitRow {
     tail = lanes < IT(r) ? v : ninf;
   }
   HMM_INLINE vec_t<T> vec(int64_t j) const { return j < full ? load(e + j) : tail; }
-  // Largest finite entry (+inf and NaN skipped), or 0 when there is none.
+  // Largest entry, NaN skipped (one max a vector), or 0 when all are -inf or
+  // NaN.  A +inf entry gives +inf: exp(x - m) is then NaN or 0 across the row,
+  // and the scaled recursions fall back to log space, as for any non-finite
+  // normaliser.
   HMM_INLINE T max(int64_t Np) const {
     typedef vec_t<T> V;
-    const V ninf = splat<T>(neg_inf<T>()), pinf = splat<T>(std::numeric_limits<T>::infinity());
-    V m = ninf;
+    V m = splat<T>(neg_inf<T>());
     for (int64_t j = 0; j < Np; j += W) {
-      V v = vec(j);
-      v = v < pinf ? v : ninf;  // +inf and NaN drop out
-      m = v > m ? v : m;
+      const V v = vec(j);
+      m = v > m ? v : m;  // false for NaN: m stays
     }
     const T r = simd::hmax<T>(m);
     return r == neg_inf<T>() ? T(0) : r;
@@ -1074,8 +1076,8 @@ HMM_INLINE bool small_applies(const Model<T>& M, int g) {
   return g == 1 && M.Np == Vec<T>::W && M.trans_mode != HMM_TRANS_TIME_VARYING;
 }
 
-// u = exp(e - m) for one row of N <= W emissions, m (returned in *m) its largest
-// finite entry or 0 when there is none (EmitRow's values, one vector).
+// u = exp(e - m) for one row of N <= W emissions, m (returned in *m) as
+// EmitRow::max gives it (one vector).
 template <typename T>
 HMM_INLINE vec_t<T> small_emission(const T* e, int64_t N, const T* base, T* m) {
   const EmitRow<T> er(e, N, base);
