@@ -37,16 +37,35 @@ def test_loglik_and_gradients_match_reference(rng, spec):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("sign", [1.0, -1.0, "mixed"])
-def test_gradient_exact_for_any_upstream_weights(rng, sign):
-    p = make_problem(rng, 5, 9, 4, trans="batch", lengths="ragged", neg_inf=True)
-    w = rng.normal(size=5) * 3 if sign == "mixed" else np.full(5, sign) * rng.uniform(0.5, 2, 5)
+@pytest.mark.parametrize("trans", ["batch", "shared"])
+@pytest.mark.parametrize("sign", [1.0, -1.0, "mixed", "equal", "equal in a group"])
+def test_gradient_exact_for_any_upstream_weights(rng, sign, trans):
+    """Weights of any sign; "equal" ones take the engine's path that applies one weight
+    per lockstep group to the transition sums (groups of 4 with a shared matrix)."""
+    B = 6
+    p = make_problem(rng, B, 9, 4, trans=trans, lengths="ragged", neg_inf=True)
+    if sign == "mixed":
+        w = rng.normal(size=B) * 3
+    elif sign == "equal":
+        w = np.full(B, -1.75)
+    elif sign == "equal in a group":
+        w = np.concatenate([np.full(4, 2.5), rng.normal(size=B - 4)])
+    else:
+        w = np.full(B, sign) * rng.uniform(0.5, 2, B)
     _, g = ghn.value_and_grad(*p.args, grad_loglik=w)
     post = ref.posterior(*p.args)
     np.testing.assert_allclose(g.log_emit, w[:, None, None] * post.gamma, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(g.log_trans, w[:, None, None] * post.trans_counts, rtol=1e-9,
-                               atol=1e-12)
-    np.testing.assert_allclose(g.log_init, post.init_counts * 0 + g.log_init, rtol=0)
+    if trans == "batch":
+        expected_trans = w[:, None, None] * post.trans_counts
+    else:  # shared: the weighted sum over the batch of the per-sequence counts
+        li, lt, le, lens = p.args
+        expected_trans = sum(
+            w[b] * ref.posterior(li, lt, le[b:b + 1], None if lens is None else lens[b:b + 1])
+            .trans_counts for b in range(B))
+    np.testing.assert_allclose(g.log_trans, expected_trans, rtol=1e-9, atol=1e-12)
+    first = w[:, None] * post.gamma[:, 0]
+    np.testing.assert_allclose(g.log_init, first.sum(0) if p.log_init.ndim == 1 else first,
+                               rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("trans", ["shared", "batch", "time"])

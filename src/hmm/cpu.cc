@@ -541,15 +541,21 @@ HMM_INLINE void prefetch_row(const T* p, int64_t n) {
 constexpr int64_t kAhead = 4;  // steps of look-ahead for the backward pass's prefetches
 
 // out[j] = w * a[j] * beta[j] for j < N, 0 where a[j] == 0 whatever beta holds.
+// The backward passes keep beta finite (row_bounded), so a finite w needs no
+// select: w * 0 * beta is already 0 (its sign aside).
 template <typename T>
 HMM_INLINE void gamma_row(const T* __restrict a, const T* __restrict beta, T w, int64_t N,
                           T* __restrict out) {
   typedef vec_t<T> V;
   const V zero = splat<T>(0), wv = splat<T>(w);
   int64_t j = 0;
-  for (; j + Vec<T>::W <= N; j += Vec<T>::W) {
-    const V av = load(a + j);
-    store(out + j, av == zero ? zero : wv * av * load(beta + j));
+  if (finite(w)) {
+    for (; j + Vec<T>::W <= N; j += Vec<T>::W) store(out + j, wv * load(a + j) * load(beta + j));
+  } else {
+    for (; j + Vec<T>::W <= N; j += Vec<T>::W) {
+      const V av = load(a + j);
+      store(out + j, av == zero ? zero : wv * av * load(beta + j));
+    }
   }
   for (; j < N; ++j) out[j] = a[j] == T(0) ? T(0) : w * a[j] * beta[j];
 }
@@ -963,13 +969,23 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
   if (!shared) { A = ar.array<T>(N * Np); At = ar.array<T>(N * Np); }
   TransCursor<T> cur{M, seq[0], A, At, Bw.A, Bw.At, Bw.mA};
   const T big = beta_limit<T>();
+  // With one weight for the whole group (the usual case: the loss sums the
+  // log-likelihoods), r_t goes straight into the block buffer, the beta product
+  // reads it there, and the weight multiplies the float64 sums at each flush;
+  // otherwise r_t has a row of its own and the buffer gets w * r_t.
+  bool one_weight = true;
+  for (int g = 1; g < G; ++g) one_weight = one_weight && w[g] == w[0];
+  const double flush_w = one_weight ? double(w[0]) : 1.0;
   int64_t since_flush = 0;
   auto flush = [&]() HMM_LAMBDA_INLINE {
     if (!Sf) return;
     gemm_tn(Xrows, Rrows, nrows, N, Np, Sf);
     nrows = 0;
     for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < N; ++j) { Sd[i * N + j] += double(Sf[i * Np + j]); Sf[i * Np + j] = 0; }
+      for (int64_t j = 0; j < N; ++j) {
+        Sd[i * N + j] += flush_w * double(Sf[i * Np + j]);
+        Sf[i * Np + j] = 0;
+      }
     since_flush = 0;
   };
   for (int64_t t = maxL - 1; t >= 1; --t) {
@@ -996,20 +1012,22 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
       const EmitRow<T> er(M.emit_of(b, t), N, M.emit);
       const T m = er.max(Np);
       const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, t));
+      T* dst = Rbuf ? Rbuf + nrows * Np : nullptr;
+      T* rt = dst && one_weight ? dst : r[g];
       for (int64_t j = 0; j < Np; j += Vec<T>::W)
-        store(r[g] + j, simd::vexp<T>(er.vec(j) - m) * load(beta[g] + j) * sc);
+        store(rt + j, simd::vexp<T>(er.vec(j) - m) * load(beta[g] + j) * sc);
       const T* ap = Bw.S.alpha(b, t - 1);
-      if (Rbuf) {
-        // w * r_t joins the block product with alpha_{t-1} (read in place)
-        T* dst = Rbuf + nrows * Np;
-        for (int64_t j = 0; j < Np; j += Vec<T>::W) store(dst + j, load(r[g] + j) * w[g]);
+      if (dst) {
+        // (w *) r_t joins the block product with alpha_{t-1} (read in place)
+        if (rt != dst)
+          for (int64_t j = 0; j < Np; j += Vec<T>::W) store(dst + j, load(rt + j) * w[g]);
         Xrows[nrows] = ap;
         Rrows[nrows] = dst;
         ++nrows;
       } else if (tv) {
         for (int64_t j = 0; j < Np; j += Vec<T>::W) store(xa[g] + j, load(ap + j) * w[g]);
       }
-      rr[g] = r[g];
+      rr[g] = rt;
       y[g] = beta_next[g];
     }
     const T* Atm = nullptr;
