@@ -570,14 +570,6 @@ HMM_INLINE bool row_bounded(const T* x, int64_t Np, T bound) {
   return true;
 }
 
-template <typename T>
-HMM_INLINE T row_sum(const T* x, int64_t Np) {
-  vec_t<T> s = splat<T>(0);
-  for (int64_t j = 0; j < Np; j += Vec<T>::W) s += load(x + j);
-  return simd::hsum<T>(s);
-}
-
-
 /* ------------------------------------------------------------------------ */
 /* Exact float64 log-space recursions (the fallback).                         */
 /* ------------------------------------------------------------------------ */
@@ -724,18 +716,18 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     ok[g] = true;
     junk[g] = ar.array<T>(Np);
   }
-  // Lazy normalisation: the alpha slot of step t first holds p_t unnormalised; the
-  // product for step t+1 starts from p_t at once, while c_t = sum(p_t) and 1/c_t are
-  // computed beside it (they are off the critical path), and 1/c_t is folded into
+  // Lazy normalisation: the alpha slot of step t first holds p_t unnormalised (its sum
+  // c_t is added up while it is written); the product for step t+1 starts from p_t at
+  // once, while 1/c_t is computed beside it (off the critical path) and folded into
   // p_{t+1} = (p_t A') * u_{t+1} / c_t = (alpha_t A') * u_{t+1}.  Then p_t is scaled
   // to alpha_t in place.  p_t <= N (alpha_{t-1} sums to 1, A' and u are <= 1), so
   // deferring the division cannot overflow.
   T inv_prev[G];  // 1 / c_{t-1}, to fold into step t
+  T sum[G];       // sum(p_t), added up while p_t is written
   // Normalises slot t of member g (p_t -> alpha_t); false when c_t is unusable.
   auto settle = [&](int g, int64_t t) HMM_LAMBDA_INLINE {
     const int64_t b = seq[g];
-    T* a = F.S.alpha(b, t);
-    const T c = row_sum(a, Np);
+    const T c = sum[g];
     if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) return false;
     const T inv = T(1) / c;
     inv_prev[g] = inv;
@@ -757,8 +749,13 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     const EmitRow<T> ei(M.init_of(b), N, M.init), e0(M.emit_of(b, 0), N, M.emit);
     const T mi = ei.max(Np), m = e0.max(Np);
     T* a = F.S.alpha(b, 0);
-    for (int64_t j = 0; j < Np; j += Vec<T>::W)
-      store(a + j, simd::vexp<T>(ei.vec(j) - mi) * simd::vexp<T>(e0.vec(j) - m));
+    vec_t<T> s = splat<T>(0);
+    for (int64_t j = 0; j < Np; j += Vec<T>::W) {
+      const vec_t<T> p = simd::vexp<T>(ei.vec(j) - mi) * simd::vexp<T>(e0.vec(j) - m);
+      store(a + j, p);
+      s += p;
+    }
+    sum[g] = simd::hsum<T>(s);
     ll[g].shift += double(m) + double(mi);
   }
   for (int64_t t = 1; t < maxL; ++t) {
@@ -781,8 +778,13 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
       const T m = er.max(Np);
       T* a = y[g];
       const vec_t<T> inv = splat<T>(inv_prev[g]);
-      for (int64_t j = 0; j < Np; j += Vec<T>::W)
-        store(a + j, load(a + j) * (simd::vexp<T>(er.vec(j) - m) * inv));
+      vec_t<T> s = splat<T>(0);
+      for (int64_t j = 0; j < Np; j += Vec<T>::W) {
+        const vec_t<T> p = load(a + j) * (simd::vexp<T>(er.vec(j) - m) * inv);
+        store(a + j, p);
+        s += p;
+      }
+      sum[g] = simd::hsum<T>(s);
       ll[g].shift += double(m) + double(cur.mA);
     }
   }
