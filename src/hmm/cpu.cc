@@ -974,8 +974,9 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
   // With one weight for the whole group (the usual case: the loss sums the
   // log-likelihoods), r_t goes straight into the block buffer, the beta product
   // reads it there, and the weight multiplies the float64 sums at each flush;
-  // otherwise r_t has a row of its own and the buffer gets w * r_t.
-  bool one_weight = true;
+  // otherwise (or for an infinite weight, whose products with 0 must stay per
+  // element) r_t has a row of its own and the buffer gets w * r_t.
+  bool one_weight = finite(w[0]);
   for (int g = 1; g < G; ++g) one_weight = one_weight && w[g] == w[0];
   const double flush_w = one_weight ? double(w[0]) : 1.0;
   int64_t since_flush = 0;
