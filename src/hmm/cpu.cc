@@ -491,7 +491,8 @@ HMM_INLINE void gemm(const T* const* x, const T* M, int64_t N, int64_t Np, T* co
 
 /* S[i][0:Np] += sum_k X[k][i] * R[k][0:Np] over K row pairs: the transition
  * statistics as one (N x K)(K x Np) product per block of steps, register-
- * blocked over 4 rows of S and 2 vectors of columns. */
+ * blocked over 4 rows of S and up to 3 vectors of columns (12 accumulators:
+ * slack for two FMA pipes of latency 4, within the 16 vector registers). */
 template <typename T, int RI, int NV>
 HMM_INLINE void gemm_tn_block(const T* const* X, const T* const* R, int64_t K, int64_t i0,
                               int64_t c0, int64_t Np, T* S) {
@@ -523,6 +524,7 @@ HMM_INLINE void gemm_tn(const T* const* X, const T* const* R, int64_t K, int64_t
   int64_t i = 0;
   for (; i + 4 <= N; i += 4) {
     int64_t c = 0;
+    for (; c + 3 * W <= Np; c += 3 * W) gemm_tn_block<T, 4, 3>(X, R, K, i, c, Np, S);
     for (; c + 2 * W <= Np; c += 2 * W) gemm_tn_block<T, 4, 2>(X, R, K, i, c, Np, S);
     for (; c < Np; c += W) gemm_tn_block<T, 4, 1>(X, R, K, i, c, Np, S);
   }
