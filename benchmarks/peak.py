@@ -1,8 +1,10 @@
 """Single-core float32 FMA peak of this machine, measured.
 
-Primary method: a tiny C kernel compiled at run time (``gcc -O3 -mavx2 -mfma``)
-that runs 12 independent chains of 8-wide float32 FMAs (enough independent
-work to hide the FMA latency on both FMA pipes of a Zen 3 / Skylake core).
+Primary method: a tiny C kernel compiled at run time, once per vector width the
+CPU runs (``-mavx2 -mfma``: 8 floats; ``-mavx512f``: 16 floats), that runs 12
+independent chains of FMAs (enough independent work to hide the FMA latency on
+two FMA pipes).  The peak is the widest width's figure: on an AVX-512 machine
+with two 512-bit FMA pipes it is twice the AVX2 one.
 Each FMA counts 2 flops.  The best of many short runs (a few ms each) is the peak: on a
 shared machine the best run is one that had the core to itself.
 
@@ -21,6 +23,21 @@ _KERNEL = r"""
 #include <stdlib.h>
 #include <time.h>
 
+/* One source, two widths: WIDTH 8 (AVX2+FMA, __m256) or 16 (AVX-512F, __m512). */
+#if WIDTH == 16
+typedef __m512 vec;
+#define SET1 _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define ADD _mm512_add_ps
+#define STORE _mm512_storeu_ps
+#else
+typedef __m256 vec;
+#define SET1 _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+#define ADD _mm256_add_ps
+#define STORE _mm256_storeu_ps
+#endif
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -29,25 +46,20 @@ static double now(void) {
 
 /* 12 independent accumulator chains: a_k <- a_k * b + c */
 static float run(long iters, float seed) {
-    __m256 b = _mm256_set1_ps(0.99999f), c = _mm256_set1_ps(1e-6f);
-    __m256 a0 = _mm256_set1_ps(seed), a1 = _mm256_set1_ps(seed + 1), a2 = _mm256_set1_ps(seed + 2),
-           a3 = _mm256_set1_ps(seed + 3), a4 = _mm256_set1_ps(seed + 4), a5 = _mm256_set1_ps(seed + 5),
-           a6 = _mm256_set1_ps(seed + 6), a7 = _mm256_set1_ps(seed + 7), a8 = _mm256_set1_ps(seed + 8),
-           a9 = _mm256_set1_ps(seed + 9), a10 = _mm256_set1_ps(seed + 10), a11 = _mm256_set1_ps(seed + 11);
+    vec b = SET1(0.99999f), c = SET1(1e-6f);
+    vec a0 = SET1(seed), a1 = SET1(seed + 1), a2 = SET1(seed + 2), a3 = SET1(seed + 3),
+        a4 = SET1(seed + 4), a5 = SET1(seed + 5), a6 = SET1(seed + 6), a7 = SET1(seed + 7),
+        a8 = SET1(seed + 8), a9 = SET1(seed + 9), a10 = SET1(seed + 10), a11 = SET1(seed + 11);
     for (long i = 0; i < iters; ++i) {
-        a0 = _mm256_fmadd_ps(a0, b, c);  a1 = _mm256_fmadd_ps(a1, b, c);
-        a2 = _mm256_fmadd_ps(a2, b, c);  a3 = _mm256_fmadd_ps(a3, b, c);
-        a4 = _mm256_fmadd_ps(a4, b, c);  a5 = _mm256_fmadd_ps(a5, b, c);
-        a6 = _mm256_fmadd_ps(a6, b, c);  a7 = _mm256_fmadd_ps(a7, b, c);
-        a8 = _mm256_fmadd_ps(a8, b, c);  a9 = _mm256_fmadd_ps(a9, b, c);
-        a10 = _mm256_fmadd_ps(a10, b, c); a11 = _mm256_fmadd_ps(a11, b, c);
+        a0 = FMA(a0, b, c);  a1 = FMA(a1, b, c);  a2 = FMA(a2, b, c);  a3 = FMA(a3, b, c);
+        a4 = FMA(a4, b, c);  a5 = FMA(a5, b, c);  a6 = FMA(a6, b, c);  a7 = FMA(a7, b, c);
+        a8 = FMA(a8, b, c);  a9 = FMA(a9, b, c);  a10 = FMA(a10, b, c); a11 = FMA(a11, b, c);
     }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
-    float out[8];
-    _mm256_storeu_ps(out, s);
-    return out[0] + out[7];
+    vec s = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7)));
+    s = ADD(s, ADD(ADD(a8, a9), ADD(a10, a11)));
+    float out[WIDTH];
+    STORE(out, s);
+    return out[0] + out[WIDTH - 1];
 }
 
 int main(int argc, char **argv) {
@@ -60,7 +72,7 @@ int main(int argc, char **argv) {
         double t0 = now();
         sink += run(iters, (float)r);
         double dt = now() - t0;
-        double gflops = (double)iters * 12 * 8 * 2 / dt * 1e-9;
+        double gflops = (double)iters * 12 * WIDTH * 2 / dt * 1e-9;
         if (gflops > best) best = gflops;
     }
     printf("%.3f\n", best);
@@ -88,26 +100,61 @@ def _single_thread_env():
     return env
 
 
+# (name, gcc flags, vector width in floats, /proc/cpuinfo flags needed)
+_ISAS = (("AVX2+FMA", ["-mavx2", "-mfma"], 8, ("avx2", "fma")),
+         ("AVX-512F", ["-mavx512f"], 16, ("avx512f",)))
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None  # unknown: try every ISA and let a failing run say so
+
+
 def fma_kernel_peak(quick=False):
-    """GFLOP/s of the compiled FMA kernel, or raises RuntimeError."""
+    """(GFLOP/s, description, {isa: GFLOP/s}) of the compiled FMA kernel at every
+    vector width this CPU runs; the peak is the widest (fastest) one.  Raises
+    RuntimeError when no width could be measured."""
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler found")
+    flags_here = _cpu_flags()
+    iters, reps = (1_000_000, 40) if quick else (2_000_000, 150)
+    results, errors = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        src, exe = os.path.join(tmp, "fma_peak.c"), os.path.join(tmp, "fma_peak")
+        src = os.path.join(tmp, "fma_peak.c")
         with open(src, "w") as f:
             f.write(_KERNEL)
-        flags = ["-O3", "-mavx2", "-mfma"]
-        r = subprocess.run([cc] + flags + [src, "-o", exe], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("compiling the FMA kernel failed: " + r.stderr.strip()[-300:])
-        iters, reps = (1_000_000, 40) if quick else (2_000_000, 150)
-        r = subprocess.run([exe, str(iters), str(reps)], capture_output=True, text=True,
-                           timeout=120)
-        if r.returncode != 0:
-            raise RuntimeError("the FMA kernel failed (exit %d; no AVX2/FMA?)" % r.returncode)
-        return float(r.stdout.strip()), "%s %s, 12 independent 8-wide float32 FMA chains, best of %d runs" % (
-            os.path.basename(cc), " ".join(flags), reps)
+        for name, flags, width, need in _ISAS:
+            if flags_here is not None and not all(n in flags_here for n in need):
+                continue
+            exe = os.path.join(tmp, "fma_peak_%d" % width)
+            cmd = [cc, "-O3", "-DWIDTH=%d" % width] + flags + [src, "-o", exe]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                errors.append("%s: compiling failed: %s" % (name, r.stderr.strip()[-200:]))
+                continue
+            r = subprocess.run([exe, str(iters), str(reps)], capture_output=True, text=True,
+                               timeout=120)
+            if r.returncode != 0:
+                errors.append("%s: the kernel failed (exit %d)" % (name, r.returncode))
+                continue
+            results[name] = float(r.stdout.strip())
+    if not results:
+        raise RuntimeError("; ".join(errors) or "no AVX2/FMA or AVX-512 on this CPU")
+    best = max(results, key=results.get)
+    flags = dict((n, f) for n, f, _, _ in _ISAS)[best]
+    width = dict((n, w) for n, _, w, _ in _ISAS)[best]
+    how = "%s -O3 %s, 12 independent %d-wide float32 FMA chains, best of %d runs" % (
+        os.path.basename(cc), " ".join(flags), width, reps)
+    if len(results) > 1:
+        how += " (" + ", ".join("%s %.1f GFLOP/s" % kv for kv in results.items()) + ")"
+    return results[best], how, results
 
 
 def matmul_peak(quick=False):
@@ -123,7 +170,8 @@ def matmul_peak(quick=False):
 def measure(quick=False):
     """(GFLOP/s, description)."""
     try:
-        return fma_kernel_peak(quick)
+        gf, how, _ = fma_kernel_peak(quick)
+        return gf, how
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
         gf, how = matmul_peak(quick)
         return gf, how + " (FMA kernel unavailable: %s)" % e

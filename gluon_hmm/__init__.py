@@ -31,6 +31,17 @@ def set_num_threads(n):
     _library.load().hmm_set_num_threads(n)
 
 
+def set_cpu_vector_bits(bits):
+    """Cap the SIMD width of every gluon_hmm CPU kernel (the MXNet ops and
+    :mod:`gluon_hmm.numpy`): 256, 512, or 0 for the widest this CPU runs (the
+    default, or the ``GLUON_HMM_CPU_VECTOR_BITS`` environment variable).
+    Results agree across widths to rounding, not bit for bit.  Returns the
+    width now in effect (512 needs AVX-512: without it, 256)."""
+    bits = numpy._check_vector_bits(bits, "set_cpu_vector_bits")
+    _library.load().hmm_set_cpu_vector_bits(bits)
+    return numpy.set_cpu_vector_bits(bits)
+
+
 __all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample", "InputError", "numpy",
-           "set_num_threads", "has_cuda", "HMM", "CategoricalHMM", "GaussianHMM",
+           "set_num_threads", "set_cpu_vector_bits", "has_cuda", "HMM", "CategoricalHMM", "GaussianHMM",
            "LinearChainCRF"]

@@ -55,6 +55,8 @@ cdef extern from "hmm.h":
     int hmm_has_cuda()
     void hmm_set_num_threads(int n)
     int hmm_get_num_threads()
+    int hmm_set_cpu_vector_bits(int bits)
+    int hmm_get_cpu_vector_bits()
     hmm_status_t hmm_describe(const int64_t* const* shapes, const int* ndims, const int* dtypes,
                               const char* const* dtype_names, hmm_problem_t* problem,
                               char* message, size_t message_len)
@@ -108,6 +110,14 @@ def set_num_threads(int n):
 
 def get_num_threads():
     return hmm_get_num_threads()
+
+
+def set_cpu_vector_bits(int bits):
+    return hmm_set_cpu_vector_bits(bits)
+
+
+def get_cpu_vector_bits():
+    return hmm_get_cpu_vector_bits()
 
 
 cdef struct _Desc:

@@ -116,3 +116,24 @@ def sample(log_init, log_trans, log_emit, lengths=None, num_samples=1, seed=None
 def set_num_threads(n):
     """Default CPU thread count of the NumPy binding (0: GLUON_HMM_NUM_THREADS or all cores)."""
     _native.set_num_threads(int(n))
+
+
+def _check_vector_bits(bits, where):
+    bits = int(bits)
+    if bits not in (0, 256, 512):
+        raise ValueError("%s: bits must be 0 (the widest this CPU runs), 256 or 512, got %d"
+                         % (where, bits))
+    return bits
+
+
+def set_cpu_vector_bits(bits):
+    """Cap the SIMD width of the NumPy binding's CPU kernels: 256, 512, or 0 for the
+    widest this CPU runs (the default, or ``GLUON_HMM_CPU_VECTOR_BITS``).  Results
+    agree across widths to rounding, not bit for bit.  Returns the width now in
+    effect: asking for 512 on a CPU without AVX-512 gives 256."""
+    return _native.set_cpu_vector_bits(_check_vector_bits(bits, "set_cpu_vector_bits"))
+
+
+def get_cpu_vector_bits():
+    """The widest SIMD width, in bits, the NumPy binding's CPU kernels use now."""
+    return _native.get_cpu_vector_bits()

@@ -15,6 +15,8 @@
 extern "C" {
 void hmm_cpu_set_default_threads(int n);
 int hmm_cpu_default_threads(void);
+int hmm_cpu_set_vector_bits(int bits);
+int hmm_cpu_vector_bits(void);
 }
 
 namespace {
@@ -239,6 +241,8 @@ hmm_status_t hmm_buffer_free(hmm_device_t device, void* stream, void* ptr) {
 
 void hmm_set_num_threads(int num_threads) { hmm_cpu_set_default_threads(num_threads); }
 int hmm_get_num_threads(void) { return hmm_cpu_default_threads(); }
+int hmm_set_cpu_vector_bits(int bits) { return hmm_cpu_set_vector_bits(bits); }
+int hmm_get_cpu_vector_bits(void) { return hmm_cpu_vector_bits(); }
 
 hmm_status_t hmm_saved_size(const hmm_problem_t* p, int64_t* elems) {
   HMM_TRY(check_problem(p));

@@ -33,13 +33,18 @@ namespace gluon_hmm {
  *                        (float64) and alpha/scale of b are unspecified: the
  *                        backward pass recomputes that sequence in log space.
  *
- * Np rounds N up to a whole number of 32-byte vectors.  The layout depends on
- * (B, T, N, dtype) only, never on the device, because MXNet sizes the buffer
- * during shape inference, before it knows where the op will run.
+ * Np rounds N up to whole SIMD vectors of either width the CPU driver uses: to
+ * one 32-byte vector when N fits in one (N <= 8 float32, N <= 4 float64), else
+ * to a multiple of 64 bytes (16 float32, 8 float64), so that the 512-bit
+ * kernels see whole vectors and the 256-bit ones whole pairs.  The layout
+ * depends on (B, T, N, dtype) only, never on the device or the CPU, because
+ * MXNet sizes the buffer during shape inference, before it knows where the op
+ * will run (and a saved state must stay valid for any kernel that reads it).
  */
 HMM_HD int64_t padded_states(int64_t n, int dtype) {
-  const int64_t w = (dtype == HMM_FLOAT64) ? 4 : 8;
-  return (n + w - 1) / w * w;
+  const int64_t w = (dtype == HMM_FLOAT64) ? 4 : 8;  // lanes of a 32-byte vector
+  if (n <= w) return w;
+  return (n + 2 * w - 1) / (2 * w) * (2 * w);
 }
 HMM_HD int64_t saved_alpha_offset(int64_t, int64_t, int64_t, int) { return 0; }
 HMM_HD int64_t saved_scale_offset(int64_t b, int64_t t, int64_t n, int dtype) {

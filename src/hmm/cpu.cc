@@ -46,17 +46,15 @@
 #include <unistd.h>
 
 #include "common.h"
-#include "cpu_simd.h"
 #include "drivers.h"
+
+#ifndef HMM_INLINE
+#define HMM_INLINE inline __attribute__((always_inline))
+#define HMM_LAMBDA_INLINE __attribute__((always_inline))
+#endif
 
 namespace gluon_hmm {
 namespace cpu {
-
-using simd::vec_t;
-using simd::Vec;
-using simd::load;
-using simd::store;
-using simd::splat;
 
 /* ------------------------------------------------------------------------ */
 /* Scratch memory: a per-thread bump arena, reused across calls.             */
@@ -325,254 +323,6 @@ template <typename T> HMM_INLINE T neg_inf() { return -std::numeric_limits<T>::i
 template <typename T> HMM_INLINE T beta_limit() { return std::numeric_limits<T>::max() / T(1e8); }
 
 /* ------------------------------------------------------------------------ */
-/* Per-step kernels (always inlined into the target_clones entry points).     */
-/* ------------------------------------------------------------------------ */
-
-// dst[0:Np] = exp(src - shift) for a padded row (entries >= N hold -inf).
-template <typename T>
-HMM_INLINE void exp_row(const T* src, T shift, int64_t Np, T* dst) {
-  constexpr int W = Vec<T>::W;
-  for (int64_t j = 0; j < Np; j += W) store(dst + j, simd::vexp<T>(load(src + j) - shift));
-}
-
-// Largest finite entry of x[0:n], or 0 when there is none (scalar; used on whole matrices).
-template <typename T>
-HMM_INLINE T finite_max(const T* x, int64_t n) {
-  T m = neg_inf<T>();
-  for (int64_t j = 0; j < n; ++j) {
-    const T v = x[j];
-    if (v > m && v < std::numeric_limits<T>::infinity()) m = v;
-  }
-  return m == neg_inf<T>() ? T(0) : m;
-}
-
-/* One row of N emissions read in place, as padded vectors of Np entries (-inf
- * past N): whole vectors straight from the input, the partial last one (if any)
- * by a shifted load and a permute, or from a copy for the first rows of an array. */
-template <typename T>
-struct EmitRow {
-  static constexpr int W = Vec<T>::W;
-  typedef typename Vec<T>::itype VI;
-  typedef decltype(VI{}[0]) IT;
-  const T* e;
-  int64_t full;  // entries in whole vectors
-  vec_t<T> tail;
-  // row lies in the array that starts at base (so W entries ending at the row's
-  // end can be read when the row has at least W - N entries before it there).
-  HMM_INLINE EmitRow(const T* row, int64_t N, const T* base) : e(row), full(N / W * W) {
-    const int r = int(N - full);  // entries in the partial last vector
-    if (r == 0) return;
-    VI lanes;
-    for (int j = 0; j < W; ++j) lanes[j] = IT(j);
-    const vec_t<T> ninf = splat<T>(neg_inf<T>());
-    if (row + N - W < base) {  // the first rows of the array when N < W
-      alignas(32) T buf[W];
-      for (int j = 0; j < W; ++j) buf[j] = j < r ? row[j] : neg_inf<T>();
-      tail = load(buf);
-      return;
-    }
-    // The last W entries up to the row's end, moved down by W - r lanes: one load
-    // and one permute (a copy lane by lane would stall the vector load that reads
-    // it back: store forwarding does not merge narrow stores).
-    const vec_t<T> v = __builtin_shuffle(load(row + N - W), lanes + IT(W - r));
-    tail = lanes < IT(r) ? v : ninf;
-  }
-  HMM_INLINE vec_t<T> vec(int64_t j) const { return j < full ? load(e + j) : tail; }
-  // Largest entry, NaN skipped (one max a vector), or 0 when all are -inf or
-  // NaN.  A +inf entry gives +inf: exp(x - m) is then NaN or 0 across the row,
-  // and the scaled recursions fall back to log space, as for any non-finite
-  // normaliser.
-  HMM_INLINE T max(int64_t Np) const {
-    typedef vec_t<T> V;
-    V m = splat<T>(neg_inf<T>());
-    for (int64_t j = 0; j < Np; j += W) {
-      const V v = vec(j);
-      m = v > m ? v : m;  // false for NaN: m stays
-    }
-    const T r = simd::hmax<T>(m);
-    return r == neg_inf<T>() ? T(0) : r;
-  }
-};
-
-/* Running product of step normalisers, kept as mantissa * 2^exponent so that
- * the log is taken once per sequence: more exact than summing T logs, and cheaper. */
-struct LogProduct {
-  double mant = 1.0;
-  int64_t exp2 = 0;
-  double shift = 0.0;  // sum of the additive log shifts
-  HMM_INLINE void mul(double c) {
-    mant *= c;
-    if (mant < 1e-150 || mant > 1e150) {
-      // frexp by hand (mant is a normal number here): no library call, so the
-      // vector registers of the caller's loop survive this branch
-      uint64_t bits;
-      std::memcpy(&bits, &mant, sizeof bits);
-      exp2 += int64_t((bits >> 52) & 0x7ff) - 1022;
-      bits = (bits & ~(uint64_t(0x7ff) << 52)) | (uint64_t(1022) << 52);
-      std::memcpy(&mant, &bits, sizeof bits);
-    }
-  }
-  double log() const { return std::log(mant) + double(exp2) * 0.69314718055994530942 + shift; }
-};
-
-// A' = exp(log_trans - mA) in padded (N x Np) layout, optionally with its transpose
-// At (N x Np: At[j][i] = A'[i][j]).  Returns mA.
-template <typename T>
-HMM_INLINE T prepare_trans(const T* lt, int64_t N, int64_t Np, T* A, T* At) {
-  const T mA = finite_max(lt, N * N);
-  for (int64_t i = 0; i < N; ++i) {
-    T* row = A + i * Np;
-    for (int64_t j = 0; j < N; ++j) row[j] = lt[i * N + j];
-    for (int64_t j = N; j < Np; ++j) row[j] = neg_inf<T>();
-    exp_row(row, mA, Np, row);
-  }
-  if (At) {
-    for (int64_t j = 0; j < N; ++j) {
-      T* row = At + j * Np;
-      for (int64_t i = 0; i < N; ++i) row[i] = A[i * Np + j];
-      for (int64_t i = N; i < Np; ++i) row[i] = 0;
-    }
-  }
-  return mA;
-}
-
-/* out[g][0:Np] = sum_{i<N} x[g][i] * M[i][0:Np] for g < G: a (G x N)(N x Np)
- * product, register-blocked: NV vectors of columns, KS independent partial
- * sums over i, so that G*NV*KS FMA chains are in flight. */
-template <typename T, int G, int NV, int KS>
-HMM_INLINE void gemm_cols(const T* const* x, const T* M, int64_t N, int64_t Np, int64_t c0,
-                          T* const* out) {
-  typedef vec_t<T> V;
-  V acc[KS][G][NV];
-  for (int k = 0; k < KS; ++k)
-    for (int g = 0; g < G; ++g)
-      for (int v = 0; v < NV; ++v) acc[k][g][v] = splat<T>(0);
-  int64_t i = 0;
-  for (; i + KS <= N; i += KS) {
-    for (int k = 0; k < KS; ++k) {
-      const T* row = M + (i + k) * Np + c0;
-      V a[NV];
-      for (int v = 0; v < NV; ++v) a[v] = load(row + v * Vec<T>::W);
-      for (int g = 0; g < G; ++g) {
-        const V xb = splat<T>(x[g][i + k]);
-        for (int v = 0; v < NV; ++v) acc[k][g][v] += xb * a[v];
-      }
-    }
-  }
-  for (; i < N; ++i) {
-    const T* row = M + i * Np + c0;
-    for (int g = 0; g < G; ++g) {
-      const V xb = splat<T>(x[g][i]);
-      for (int v = 0; v < NV; ++v) acc[0][g][v] += xb * load(row + v * Vec<T>::W);
-    }
-  }
-  for (int g = 0; g < G; ++g)
-    for (int v = 0; v < NV; ++v) {
-      V s = acc[0][g][v];
-      for (int k = 1; k < KS; ++k) s += acc[k][g][v];
-      store(out[g] + c0 + v * Vec<T>::W, s);
-    }
-}
-
-template <typename T, int G>
-HMM_INLINE void gemm(const T* const* x, const T* M, int64_t N, int64_t Np, T* const* out) {
-  constexpr int W = Vec<T>::W;
-  // G * NV * KS independent accumulators: at least 8 (two FMA pipes of latency
-  // 4), 12 for a group of 4 so that the pipes have slack, within 16 registers.
-  constexpr int NV = G >= 4 ? 3 : 2;
-  constexpr int KS = G >= 4 ? 1 : (G >= 2 ? 2 : 4);
-  int64_t c = 0;
-  for (; c + NV * W <= Np; c += NV * W) gemm_cols<T, G, NV, KS>(x, M, N, Np, c, out);
-  if (NV == 3 && c + 2 * W <= Np) { gemm_cols<T, G, 2, KS>(x, M, N, Np, c, out); c += 2 * W; }
-  // a single-vector tail has fewer accumulators: more partial sums
-  constexpr int KS1 = KS * 2 > 4 ? 4 : KS * 2;
-  for (; c < Np; c += W) gemm_cols<T, G, 1, KS1>(x, M, N, Np, c, out);
-}
-
-/* S[i][0:Np] += sum_k X[k][i] * R[k][0:Np] over K row pairs: the transition
- * statistics as one (N x K)(K x Np) product per block of steps, register-
- * blocked over 4 rows of S and up to 3 vectors of columns (12 accumulators:
- * slack for two FMA pipes of latency 4, within the 16 vector registers). */
-template <typename T, int RI, int NV>
-HMM_INLINE void gemm_tn_block(const T* const* X, const T* const* R, int64_t K, int64_t i0,
-                              int64_t c0, int64_t Np, T* S) {
-  typedef vec_t<T> V;
-  V acc[RI][NV];
-  for (int a = 0; a < RI; ++a)
-    for (int v = 0; v < NV; ++v) acc[a][v] = splat<T>(0);
-  for (int64_t k = 0; k < K; ++k) {
-    V r[NV];
-    for (int v = 0; v < NV; ++v) r[v] = load(R[k] + c0 + v * Vec<T>::W);
-    const T* x = X[k] + i0;
-    for (int a = 0; a < RI; ++a) {
-      const V xb = splat<T>(x[a]);
-      for (int v = 0; v < NV; ++v) acc[a][v] += xb * r[v];
-    }
-  }
-  for (int a = 0; a < RI; ++a)
-    for (int v = 0; v < NV; ++v) {
-      T* dst = S + (i0 + a) * Np + c0 + v * Vec<T>::W;
-      store(dst, load(dst) + acc[a][v]);
-    }
-}
-
-template <typename T>
-HMM_INLINE void gemm_tn(const T* const* X, const T* const* R, int64_t K, int64_t N, int64_t Np,
-                        T* S) {
-  constexpr int W = Vec<T>::W;
-  if (K == 0) return;
-  int64_t i = 0;
-  for (; i + 4 <= N; i += 4) {
-    int64_t c = 0;
-    for (; c + 3 * W <= Np; c += 3 * W) gemm_tn_block<T, 4, 3>(X, R, K, i, c, Np, S);
-    for (; c + 2 * W <= Np; c += 2 * W) gemm_tn_block<T, 4, 2>(X, R, K, i, c, Np, S);
-    for (; c < Np; c += W) gemm_tn_block<T, 4, 1>(X, R, K, i, c, Np, S);
-  }
-  for (; i < N; ++i) {
-    int64_t c = 0;
-    for (; c + 2 * W <= Np; c += 2 * W) gemm_tn_block<T, 1, 2>(X, R, K, i, c, Np, S);
-    for (; c < Np; c += W) gemm_tn_block<T, 1, 1>(X, R, K, i, c, Np, S);
-  }
-}
-
-template <typename T>
-HMM_INLINE void prefetch_row(const T* p, int64_t n) {
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < n * int64_t(sizeof(T)); off += 64) __builtin_prefetch(c + off);
-}
-constexpr int64_t kAhead = 4;  // steps of look-ahead for the backward pass's prefetches
-
-// out[j] = w * a[j] * beta[j] for j < N, 0 where a[j] == 0 whatever beta holds.
-// The backward passes keep beta finite (row_bounded), so a finite w needs no
-// select: w * 0 * beta is already 0 (its sign aside).
-template <typename T>
-HMM_INLINE void gamma_row(const T* __restrict a, const T* __restrict beta, T w, int64_t N,
-                          T* __restrict out) {
-  typedef vec_t<T> V;
-  const V zero = splat<T>(0), wv = splat<T>(w);
-  int64_t j = 0;
-  if (finite(w)) {
-    for (; j + Vec<T>::W <= N; j += Vec<T>::W) store(out + j, wv * load(a + j) * load(beta + j));
-  } else {
-    for (; j + Vec<T>::W <= N; j += Vec<T>::W) {
-      const V av = load(a + j);
-      store(out + j, av == zero ? zero : wv * av * load(beta + j));
-    }
-  }
-  for (; j < N; ++j) out[j] = a[j] == T(0) ? T(0) : w * a[j] * beta[j];
-}
-
-// All of x[0:Np] <= bound (false on NaN).
-template <typename T>
-HMM_INLINE bool row_bounded(const T* x, int64_t Np, T bound) {
-  typedef typename Vec<T>::itype VI;
-  VI bad = VI{} ;
-  for (int64_t j = 0; j < Np; j += Vec<T>::W) bad |= ~(load(x + j) <= bound);
-  for (int k = 0; k < Vec<T>::W; ++k) if (bad[k]) return false;
-  return true;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Exact float64 log-space recursions (the fallback).                         */
 /* ------------------------------------------------------------------------ */
 inline double logsumexp(const double* x, int64_t n) {
@@ -658,7 +408,7 @@ void log_backward(const Model<T>& M, int64_t b, int64_t L, double w, const GradS
 }
 
 /* ------------------------------------------------------------------------ */
-/* Scaled forward over a lockstep group of G sequences.                      */
+/* What the forward and backward kernels share across a call.             */
 /* ------------------------------------------------------------------------ */
 template <typename T>
 struct FwdShared {
@@ -669,149 +419,7 @@ struct FwdShared {
   T mA;
 };
 
-// Per-sequence transition state for non-shared matrices.
-template <typename T>
-struct TransCursor {
-  const Model<T>& M;
-  int64_t b;
-  T* A;       // scratch N x Np
-  T* At;      // scratch N x Np (backward only)
-  const T* shared_A;
-  const T* shared_At;
-  T shared_mA;
-  int64_t loaded = -1;
-  T mA = 0;
-  // A' (and A'^T) for moving into step t; returns mA.
-  HMM_INLINE const T* get(int64_t t, bool transpose, const T** at_out) {
-    if (M.trans_mode == HMM_TRANS_SHARED) {
-      if (at_out) *at_out = shared_At;
-      mA = shared_mA;
-      return shared_A;
-    }
-    const int64_t key = M.trans_mode == HMM_TRANS_PER_SEQUENCE ? 0 : t;
-    if (loaded != key) {
-      mA = prepare_trans(M.trans_of(b, t), M.N, M.Np, A, transpose ? At : nullptr);
-      loaded = key;
-    }
-    if (at_out) *at_out = At;
-    return A;
-  }
-};
 
-template <typename T, int G>
-HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& ar) {
-  const Model<T>& M = *F.M;
-  const int64_t N = M.N, Np = M.Np;
-  int64_t L[G];
-  int64_t maxL = 0;
-  LogProduct ll[G];
-  bool ok[G];
-  T* zero_row = ar.array<T>(Np);
-  T* junk[G];
-  std::fill(zero_row, zero_row + Np, T(0));
-  T* A = nullptr;
-  if (M.trans_mode != HMM_TRANS_SHARED) A = ar.array<T>(N * Np);
-  TransCursor<T> cur{M, seq[0], A, nullptr, F.A, nullptr, F.mA};
-  for (int g = 0; g < G; ++g) {
-    L[g] = M.length(seq[g]);
-    maxL = std::max(maxL, L[g]);
-    ok[g] = true;
-    junk[g] = ar.array<T>(Np);
-  }
-  // Lazy normalisation: the alpha slot of step t first holds p_t unnormalised (its sum
-  // c_t is added up while it is written); the product for step t+1 starts from p_t at
-  // once, while 1/c_t is computed beside it (off the critical path) and folded into
-  // p_{t+1} = (p_t A') * u_{t+1} / c_t = (alpha_t A') * u_{t+1}.  Then p_t is scaled
-  // to alpha_t in place.  p_t <= N (alpha_{t-1} sums to 1, A' and u are <= 1), so
-  // deferring the division cannot overflow.
-  T inv_prev[G];  // 1 / c_{t-1}, to fold into step t
-  T sum[G];       // sum(p_t), added up while p_t is written
-  // Normalises slot t of member g (p_t -> alpha_t); false when c_t is unusable.
-  auto settle = [&](int g, int64_t t) HMM_LAMBDA_INLINE {
-    const int64_t b = seq[g];
-    const T c = sum[g];
-    if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) return false;
-    const T inv = T(1) / c;
-    inv_prev[g] = inv;
-    F.S.scale(b, t) = c;
-    ll[g].mul(double(c));
-    return true;
-  };
-  auto scale_row = [&](int g, int64_t t) HMM_LAMBDA_INLINE {
-    T* a = F.S.alpha(seq[g], t);
-    const vec_t<T> inv = splat<T>(inv_prev[g]);
-    for (int64_t j = 0; j < Np; j += Vec<T>::W) store(a + j, load(a + j) * inv);
-  };
-  // t = 0
-  for (int g = 0; g < G; ++g) {
-    if (L[g] == 0) continue;
-    const int64_t b = seq[g];
-    // p_0 = exp(log_init - mi) * exp(e_0 - m): shifted separately, since adding a
-    // small log_init to an emission of -1e4 in float32 would round it away.
-    const EmitRow<T> ei(M.init_of(b), N, M.init), e0(M.emit_of(b, 0), N, M.emit);
-    const T mi = ei.max(Np), m = e0.max(Np);
-    T* a = F.S.alpha(b, 0);
-    vec_t<T> s = splat<T>(0);
-    for (int64_t j = 0; j < Np; j += Vec<T>::W) {
-      const vec_t<T> p = simd::vexp<T>(ei.vec(j) - mi) * simd::vexp<T>(e0.vec(j) - m);
-      store(a + j, p);
-      s += p;
-    }
-    sum[g] = simd::hsum<T>(s);
-    ll[g].shift += double(m) + double(mi);
-  }
-  for (int64_t t = 1; t < maxL; ++t) {
-    const T* x[G];
-    T* y[G];
-    bool act[G];
-    for (int g = 0; g < G; ++g) {
-      act[g] = ok[g] && t < L[g];
-      // c_{t-1} first in program order: its reduction overlaps the product below
-      if (act[g] && !settle(g, t - 1)) { ok[g] = false; act[g] = false; }
-      x[g] = act[g] ? F.S.alpha(seq[g], t - 1) : zero_row;
-      y[g] = act[g] ? F.S.alpha(seq[g], t) : junk[g];
-    }
-    const T* Am = cur.get(t, false, nullptr);
-    gemm<T, G>(x, Am, N, Np, y);
-    for (int g = 0; g < G; ++g) {
-      if (!act[g]) continue;
-      scale_row(g, t - 1);  // alpha_{t-1}, after the product has read p_{t-1}
-      const EmitRow<T> er(M.emit_of(seq[g], t), N, M.emit);
-      const T m = er.max(Np);
-      T* a = y[g];
-      const vec_t<T> inv = splat<T>(inv_prev[g]);
-      vec_t<T> s = splat<T>(0);
-      for (int64_t j = 0; j < Np; j += Vec<T>::W) {
-        const vec_t<T> p = load(a + j) * (simd::vexp<T>(er.vec(j) - m) * inv);
-        store(a + j, p);
-        s += p;
-      }
-      sum[g] = simd::hsum<T>(s);
-      ll[g].shift += double(m) + double(cur.mA);
-    }
-  }
-  // the last step of each member
-  for (int g = 0; g < G; ++g) {
-    if (!ok[g] || L[g] == 0) continue;
-    if (!settle(g, L[g] - 1)) { ok[g] = false; continue; }
-    scale_row(g, L[g] - 1);
-  }
-  for (int g = 0; g < G; ++g) {
-    const int64_t b = seq[g];
-    F.S.flag(b) = ok[g] ? T(0) : T(1);
-    double value = L[g] == 0 ? 0.0 : ll[g].log();
-    if (!ok[g]) {
-      double* la = ar.array<double>(L[g] * N);
-      double* tmp = ar.array<double>(N);
-      value = log_forward(M, b, L[g], la, tmp);
-    }
-    if (F.loglik) F.loglik[b] = T(value);
-  }
-}
-
-/* ------------------------------------------------------------------------ */
-/* Scaled backward over a lockstep group.                                     */
-/* ------------------------------------------------------------------------ */
 template <typename T>
 struct BwdShared {
   const Model<T>* M;
@@ -913,393 +521,96 @@ void backward_log_one(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc, Arena& a
   }
 }
 
-/* Returns false (having written nothing to the shared accumulators) when the
- * scaled recursion cannot be trusted for some member; the caller then redoes
- * the members one at a time. */
-template <typename T, int G>
-HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, ChunkAcc* acc,
-                               Arena& ar) {
-  const Model<T>& M = *Bw.M;
-  const int64_t N = M.N, Np = M.Np, TT = M.T_;
-  const bool shared = M.trans_mode == HMM_TRANS_SHARED;
-  const bool tv = M.trans_mode == HMM_TRANS_TIME_VARYING;
-  int64_t L[G];
-  int64_t maxL = 0;
-  T w[G];
-  T* beta[G];
-  T* beta_next[G];
-  T* r[G];
-  T* xa[G];
-  T* junk[G];
-  T* zero_row = ar.array<T>(Np);
-  std::fill(zero_row, zero_row + Np, T(0));
-  for (int g = 0; g < G; ++g) {
-    L[g] = M.length(seq[g]);
-    maxL = std::max(maxL, L[g]);
-    w[g] = Bw.w[seq[g]];
-    beta[g] = ar.array<T>(Np);
-    beta_next[g] = ar.array<T>(Np);
-    r[g] = ar.array<T>(Np);
-    xa[g] = tv ? ar.array<T>(Np) : nullptr;  // only time-varying matrices use it
-    junk[g] = ar.array<T>(Np);
-    backward_zero_padding(Bw, seq[g], L[g]);
-    if (tv && Bw.grad_trans && TT > 0) {
-      T* gt = Bw.grad_trans + seq[g] * TT * N * N;
-      std::fill(gt, gt + N * N, T(0));  // [b, 0] is unused
-      std::fill(gt + std::max<int64_t>(L[g], 1) * N * N, gt + TT * N * N, T(0));
-    }
-  }
-  const bool want_trans = Bw.grad_trans != nullptr;
-  // Local accumulators for the pre-A' transition statistics: float blocks
-  // flushed to float64 every kFlush steps.
-  constexpr int64_t kBlock = 32;  // steps per transition-statistics product
-  T* Sf = nullptr;
-  double* Sd = nullptr;
-  T* Rbuf = nullptr;
-  const T** Xrows = nullptr;
-  const T** Rrows = nullptr;
-  int64_t nrows = 0;
-  if (want_trans && !tv) {
-    Sf = ar.array<T>(N * Np);
-    Sd = ar.array<double>(N * N);
-    std::fill(Sf, Sf + N * Np, T(0));
-    std::fill(Sd, Sd + N * N, 0.0);
-    Rbuf = ar.array<T>(G * kBlock * Np);
-    Xrows = static_cast<const T**>(ar.get(sizeof(T*) * G * kBlock));
-    Rrows = static_cast<const T**>(ar.get(sizeof(T*) * G * kBlock));
-  }
-  T* A = nullptr;
-  T* At = nullptr;
-  if (!shared) { A = ar.array<T>(N * Np); At = ar.array<T>(N * Np); }
-  TransCursor<T> cur{M, seq[0], A, At, Bw.A, Bw.At, Bw.mA};
-  const T big = beta_limit<T>();
-  // With one weight for the whole group (the usual case: the loss sums the
-  // log-likelihoods), r_t goes straight into the block buffer, the beta product
-  // reads it there, and the weight multiplies the float64 sums at each flush;
-  // otherwise (or for an infinite weight, whose products with 0 must stay per
-  // element) r_t has a row of its own and the buffer gets w * r_t.
-  bool one_weight = finite(w[0]);
-  for (int g = 1; g < G; ++g) one_weight = one_weight && w[g] == w[0];
-  const double flush_w = one_weight ? double(w[0]) : 1.0;
-  int64_t since_flush = 0;
-  auto flush = [&]() HMM_LAMBDA_INLINE {
-    if (!Sf) return;
-    gemm_tn(Xrows, Rrows, nrows, N, Np, Sf);
-    nrows = 0;
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < N; ++j) {
-        Sd[i * N + j] += flush_w * double(Sf[i * Np + j]);
-        Sf[i * Np + j] = 0;
-      }
-    since_flush = 0;
-  };
-  for (int64_t t = maxL - 1; t >= 1; --t) {
-    const T* rr[G];
-    T* y[G];
-    bool act[G];
-    for (int g = 0; g < G; ++g) {
-      const int64_t b = seq[g];
-      act[g] = t < L[g];
-      if (!act[g]) { rr[g] = zero_row; y[g] = junk[g]; continue; }
-      if (t >= kAhead) {
-        // The backward pass walks time downwards through rows the forward pass
-        // left in L2/L3: fetch a few steps ahead.
-        prefetch_row(Bw.S.alpha(b, t - kAhead), Np);
-        prefetch_row(M.emit_of(b, t - kAhead), N);
-        if (Bw.grad_emit) prefetch_row(Bw.grad_emit + (b * TT + t - kAhead) * N, N);
-      }
-      if (t == L[g] - 1) {
-        for (int64_t j = 0; j < Np; ++j) beta[g][j] = j < N ? T(1) : T(0);
-      }
-      const T* a = Bw.S.alpha(b, t);
-      // gamma_t = alpha_t * beta_t (0 where alpha is 0, whatever beta holds)
-      if (Bw.grad_emit) gamma_row(a, beta[g], w[g], N, Bw.grad_emit + (b * TT + t) * N);
-      const EmitRow<T> er(M.emit_of(b, t), N, M.emit);
-      const T m = er.max(Np);
-      const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, t));
-      T* dst = Rbuf ? Rbuf + nrows * Np : nullptr;
-      T* rt = dst && one_weight ? dst : r[g];
-      for (int64_t j = 0; j < Np; j += Vec<T>::W)
-        store(rt + j, simd::vexp<T>(er.vec(j) - m) * load(beta[g] + j) * sc);
-      const T* ap = Bw.S.alpha(b, t - 1);
-      if (dst) {
-        // (w *) r_t joins the block product with alpha_{t-1} (read in place)
-        if (rt != dst)
-          for (int64_t j = 0; j < Np; j += Vec<T>::W) store(dst + j, load(rt + j) * w[g]);
-        Xrows[nrows] = ap;
-        Rrows[nrows] = dst;
-        ++nrows;
-      } else if (tv) {
-        for (int64_t j = 0; j < Np; j += Vec<T>::W) store(xa[g] + j, load(ap + j) * w[g]);
-      }
-      rr[g] = rt;
-      y[g] = beta_next[g];
-    }
-    const T* Atm = nullptr;
-    const T* Am = cur.get(t, true, &Atm);
-    if (want_trans) {
-      if (tv) {
-        // xi_t written straight to grad_trans[b, t] (G == 1 here).
-        for (int g = 0; g < G; ++g) {
-          if (!act[g]) continue;
-          T* gt = Bw.grad_trans + (seq[g] * TT + t) * N * N;
-          for (int64_t i = 0; i < N; ++i) {
-            const T xi_i = xa[g][i];
-            const T* arow = Am + i * Np;
-            for (int64_t j = 0; j < N; ++j) gt[i * N + j] = xi_i * arow[j] * r[g][j];
-          }
-        }
-      } else if (nrows + G > G * kBlock) {
-        gemm_tn(Xrows, Rrows, nrows, N, Np, Sf);
-        nrows = 0;
-        since_flush += kBlock;
-        if (since_flush >= kFlush) flush();
-      }
-    }
-    gemm<T, G>(rr, Atm, N, Np, y);
-    for (int g = 0; g < G; ++g) {
-      if (!act[g]) continue;
-      // overflow or NaN: let the caller redo it exactly
-      if (!row_bounded(y[g], Np, big)) return false;
-      std::swap(beta[g], beta_next[g]);
-    }
-  }
-  // t = 0
-  for (int g = 0; g < G; ++g) {
-    if (L[g] == 0) continue;
-    if (L[g] == 1) {
-      for (int64_t j = 0; j < Np; ++j) beta[g][j] = j < N ? T(1) : T(0);
-    }
-    backward_step0(Bw, seq[g], w[g], beta[g], acc);
-  }
-  if (Sf) {
-    flush();
-    // a per-sequence matrix has groups of one member
-    backward_trans_done(Bw, seq[0], L[0], shared ? nullptr : cur.get(1, false, nullptr), Np,
-                        Sd, acc);
-  }
-  return true;
-}
+}  // namespace cpu
+}  // namespace gluon_hmm
 
 /* ------------------------------------------------------------------------ */
-/* One-vector states (Np == W: N <= 8 in float32, N <= 4 in float64), one     */
-/* sequence per item.  There the recursions are chains of dependent steps, so */
-/* the chain is kept short: the state stays in a register, the step's matrix */
-/* product is a tree over the W lanes (simd::matvec), and all work that does  */
-/* not feed the next step (emission exponentials a few steps ahead, stores of */
-/* alpha, gamma rows, transition statistics) is interleaved with the chain,   */
-/* so that it fills the chain's latency instead of adding to it.             */
-/* Same recursions, scalings, fallbacks and saved layout as the group kernels.*/
-/* ------------------------------------------------------------------------ */
-constexpr int64_t kRing = 16;        // emission ring buffer, steps
-constexpr int64_t kAheadSmall = 8;   // how far ahead of the chain its emissions are computed
-
-template <typename T>
-HMM_INLINE bool small_applies(const Model<T>& M, int g) {
-  return g == 1 && M.Np == Vec<T>::W && M.trans_mode != HMM_TRANS_TIME_VARYING;
-}
-
-// u = exp(e - m) for one row of N <= W emissions, m (returned in *m) as
-// EmitRow::max gives it (one vector).
-template <typename T>
-HMM_INLINE vec_t<T> small_emission(const T* e, int64_t N, const T* base, T* m) {
-  const EmitRow<T> er(e, N, base);
-  *m = er.max(Vec<T>::W);
-  return simd::vexp<T>(er.vec(0) - *m);
-}
-
-// The W rows of a one-vector matrix as registers, zero rows past N.
-template <typename T>
-HMM_INLINE void small_rows(const T* A, int64_t N, vec_t<T>* rows) {
-  for (int i = 0; i < Vec<T>::W; ++i) rows[i] = i < N ? load(A + i * Vec<T>::W) : splat<T>(0);
-}
-
-template <typename T>
-HMM_INLINE void forward_small(const FwdShared<T>& F, int64_t b, Arena& ar) {
-  typedef vec_t<T> V;
-  constexpr int W = Vec<T>::W;
-  const Model<T>& M = *F.M;
-  const int64_t N = M.N, L = M.length(b);
-  T* u = ar.array<T>(kRing * W);  // u_t at slot t % kRing, kAheadSmall steps ahead
-  const T* A = F.A;
-  T mA = F.mA;
-  if (M.trans_mode != HMM_TRANS_SHARED) {
-    T* Ab = ar.array<T>(N * W);
-    mA = prepare_trans(M.trans_of(b, 1), N, W, Ab, static_cast<T*>(nullptr));
-    A = Ab;
-  }
-  V rows[W];
-  small_rows(A, N, rows);
-  LogProduct ll;
-  bool ok = true;
-  if (L > 0) {
-    T mi, m0;
-    V p = small_emission(M.init_of(b), N, M.init, &mi);
-    p = p * small_emission(M.emit_of(b, 0), N, M.emit, &m0);
-    ll.shift += double(m0) + double(mi);
-    // u_t for the first steps; then step t computes u_{t + kAheadSmall} beside the chain
-    // (the shifts are added in the order of t all the same)
-    auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
-      T m;
-      store(u + (t % kRing) * W, small_emission(M.emit_of(b, t), N, M.emit, &m));
-      ll.shift += double(m) + double(mA);
-    };
-    for (int64_t t = 1; t < L && t <= kAheadSmall; ++t) emission(t);
-    T* sc = &F.S.scale(b, 0);
-    for (int64_t t = 1; t < L; ++t) {
-      // p holds p_{t-1}; c_{t-1} and the product both start from it
-      const T c = simd::hsum<T>(p);
-      const V q = simd::matvec<T>(p, rows);
-      if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) { ok = false; break; }
-      const V vinv = splat<T>(T(1) / c);
-      sc[t - 1] = c;
-      ll.mul(double(c));
-      store(F.S.alpha(b, t - 1), p * vinv);
-      p = q * (load(u + (t % kRing) * W) * vinv);
-      if (t + kAheadSmall < L) emission(t + kAheadSmall);
-    }
-    // the last step (kept out of a shared helper: in one, the chain above ran 8 % slower)
-    if (ok) {
-      const T c = simd::hsum<T>(p);
-      if (!(c >= ScaleLimits<T>::min_norm()) || !finite(c)) {
-        ok = false;
-      } else {
-        sc[L - 1] = c;
-        ll.mul(double(c));
-        store(F.S.alpha(b, L - 1), p * splat<T>(T(1) / c));
-      }
-    }
-  }
-  F.S.flag(b) = ok ? T(0) : T(1);
-  double value = L == 0 ? 0.0 : ll.log();
-  if (!ok) {
-    double* la = ar.array<double>(L * N);
-    double* tmp = ar.array<double>(N);
-    value = log_forward(M, b, L, la, tmp);
-  }
-  if (F.loglik) F.loglik[b] = T(value);
-}
-
-template <typename T>
-HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc, Arena& ar) {
-  typedef vec_t<T> V;
-  typedef typename Vec<T>::itype VI;
-  constexpr int W = Vec<T>::W;
-  const Model<T>& M = *Bw.M;
-  const int64_t N = M.N, TT = M.T_, L = M.length(b);
-  const bool shared = M.trans_mode == HMM_TRANS_SHARED;
-  const T w = Bw.w[b];
-  T* ge = Bw.grad_emit ? Bw.grad_emit + b * TT * N : nullptr;
-  backward_zero_padding(Bw, b, L);
-  const T* A = Bw.A;
-  const T* At = Bw.At;
-  if (!shared) {
-    T* Ab = ar.array<T>(N * W);
-    T* Atb = ar.array<T>(N * W);
-    prepare_trans(M.trans_of(b, 1), N, W, Ab, Atb);
-    A = Ab;
-    At = Atb;
-  }
-  V rows[W];
-  small_rows(At, N, rows);
-  const bool want_trans = Bw.grad_trans != nullptr;
-  T* us = ar.array<T>(kRing * W);  // u_t / c_t at slot t % kRing, kAheadSmall steps ahead
-  // Transition statistics S[i] += alpha_{t-1}[i] (w r_t), in float for up to
-  // kFlush steps, then added to float64.
-  T* Sf = ar.array<T>(W * W);
-  double* Sd = ar.array<double>(N * N);
-  std::fill(Sf, Sf + W * W, T(0));
-  std::fill(Sd, Sd + N * N, 0.0);
-  auto flush = [&]() HMM_LAMBDA_INLINE {
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < N; ++j) { Sd[i * N + j] += double(Sf[i * W + j]); Sf[i * W + j] = 0; }
-  };
-  const T* sc = &Bw.S.scale(b, 0);
-  auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
-    T m;
-    store(us + (t % kRing) * W, small_emission(M.emit_of(b, t), N, M.emit, &m) * splat<T>(T(1) / sc[t]));
-  };
-  V beta;
-  for (int j = 0; j < W; ++j) beta[j] = j < N ? T(1) : T(0);
-  const V big = splat<T>(beta_limit<T>());
-  const V wv = splat<T>(w);
-  const V zero = splat<T>(0);
-  for (int64_t t = L - 1; t >= 1 && t >= L - kAheadSmall; --t) emission(t);
-  VI bad = VI{};
-  int64_t since_flush = 0;
-  for (int64_t t = L - 1; t >= 1; --t) {
-    const V r = load(us + (t % kRing) * W) * beta;
-    const V a = load(Bw.S.alpha(b, t));
-    const V gam = a == zero ? zero : wv * a * beta;  // gamma_t, 0 where alpha is 0
-    beta = simd::matvec<T>(r, rows);                 // beta_{t-1}
-    bad |= ~(beta <= big);                           // overflow or NaN
-    if (ge) {
-      if (N == W) {
-        store(ge + t * N, gam);
-      } else {
-        for (int64_t j = 0; j < N; ++j) ge[t * N + j] = gam[j];
-      }
-    }
-    if (want_trans) {
-      const T* ap = Bw.S.alpha(b, t - 1);
-      const V wr = r * wv;
-      for (int64_t i = 0; i < N; ++i) store(Sf + i * W, load(Sf + i * W) + splat<T>(ap[i]) * wr);
-      if (++since_flush == kFlush) { flush(); since_flush = 0; }
-    }
-    if (t - kAheadSmall >= 1) emission(t - kAheadSmall);
-  }
-  for (int j = 0; j < W; ++j)
-    if (bad[j]) return false;  // nothing shared written yet: the caller redoes it exactly
-  if (L > 0) {
-    T bz[W];
-    store(bz, beta);
-    backward_step0(Bw, b, w, bz, acc);
-  }
-  if (want_trans) {
-    flush();
-    backward_trans_done(Bw, b, L, A, W, Sd, acc);
-  }
-  return true;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Entry points compiled once per instruction set.                            */
+/* The kernels, once per vector width.                                        */
 /* ------------------------------------------------------------------------ */
 #if defined(__x86_64__) && !defined(GLUON_HMM_NO_CLONES)
-#define HMM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define HMM_HAVE_V512 1
 #else
-#define HMM_CLONES
+#define HMM_HAVE_V512 0
 #endif
 
-#define HMM_DEFINE_ITEMS(T, suffix)                                                         \
-  HMM_CLONES void forward_item_##suffix(const FwdShared<T>& F, const int64_t* seq, int g, \
-                                        Arena& ar) {                                      \
-    if (small_applies(*F.M, g)) return forward_small<T>(F, seq[0], ar);                  \
-    switch (g) {                                                                          \
-      case 4: forward_group<T, 4>(F, seq, ar); break;                                     \
-      case 3: forward_group<T, 3>(F, seq, ar); break;                                     \
-      case 2: forward_group<T, 2>(F, seq, ar); break;                                     \
-      default: forward_group<T, 1>(F, seq, ar); break;                                    \
-    }                                                                                     \
-  }                                                                                       \
-  HMM_CLONES bool backward_item_##suffix(const BwdShared<T>& Bw, const int64_t* seq,      \
-                                         int g, ChunkAcc* acc, Arena& ar) {              \
-    if (small_applies(*Bw.M, g)) return backward_small<T>(Bw, seq[0], acc, ar);          \
-    switch (g) {                                                                          \
-      case 4: return backward_group<T, 4>(Bw, seq, acc, ar);                              \
-      case 3: return backward_group<T, 3>(Bw, seq, acc, ar);                              \
-      case 2: return backward_group<T, 2>(Bw, seq, acc, ar);                              \
-      default: return backward_group<T, 1>(Bw, seq, acc, ar);                             \
-    }                                                                                     \
-  }
+// 256-bit vectors, in clones for AVX-512 (VL), AVX2+FMA and the baseline.
+#define HMM_VEC_BYTES 32
+#define HMM_ISA v256
+#if HMM_HAVE_V512
+#define HMM_ISA_ENTRY __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HMM_ISA_ENTRY
+#endif
+#include "cpu_simd.h"
+#include "cpu_kernels.h"
+#undef HMM_VEC_BYTES
+#undef HMM_ISA
+#undef HMM_ISA_ENTRY
 
-HMM_DEFINE_ITEMS(float, f32)
-HMM_DEFINE_ITEMS(double, f64)
+#if HMM_HAVE_V512
+// 512-bit vectors, for CPUs with AVX-512 (F, VL, BW, DQ, CD: x86-64-v4) only.
+#define HMM_VEC_BYTES 64
+#define HMM_ISA v512
+#define HMM_ISA_ENTRY __attribute__((target("arch=x86-64-v4")))
+#include "cpu_simd.h"
+#include "cpu_kernels.h"
+#undef HMM_VEC_BYTES
+#undef HMM_ISA
+#undef HMM_ISA_ENTRY
+#endif
 
-inline void forward_item(const FwdShared<float>& F, const int64_t* s, int g, Arena& a) { forward_item_f32(F, s, g, a); }
-inline void forward_item(const FwdShared<double>& F, const int64_t* s, int g, Arena& a) { forward_item_f64(F, s, g, a); }
-inline bool backward_item(const BwdShared<float>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return backward_item_f32(B, s, g, c, a); }
-inline bool backward_item(const BwdShared<double>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return backward_item_f64(B, s, g, c, a); }
+namespace gluon_hmm {
+namespace cpu {
+
+/* Which width runs a call: 512 bits when the CPU has AVX-512, the caller has not
+ * capped the width at 256 (hmm_set_cpu_vector_bits, GLUON_HMM_CPU_VECTOR_BITS),
+ * and the rows are whole 512-bit vectors (padded_states: all but the smallest
+ * N); else 256 bits.  A row of one 256-bit vector (N <= 8 float32, N <= 4
+ * float64) stays on 256 bits: its kernels are latency-bound chains. */
+bool cpu_has_v512() {
+#if HMM_HAVE_V512
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512cd");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+int env_vector_bits() {
+  const char* env = std::getenv("GLUON_HMM_CPU_VECTOR_BITS");
+  if (!env) return 0;
+  const int v = std::atoi(env);
+  return (v == 256 || v == 512) ? v : 0;
+}
+std::atomic<int> g_vector_bits{env_vector_bits()};  // 0: the widest the CPU runs
+
+int vector_bits() {
+  const int widest = cpu_has_v512() ? 512 : 256;
+  const int cap = g_vector_bits.load(std::memory_order_relaxed);
+  return cap == 0 ? widest : std::min(cap, widest);
+}
+
+template <typename T> HMM_INLINE bool use_v512(const Model<T>& M) {
+  return HMM_HAVE_V512 && M.Np % (64 / int64_t(sizeof(T))) == 0 && vector_bits() >= 512;
+}
+
+#if HMM_HAVE_V512
+#define HMM_DISPATCH(M, call) (use_v512(M) ? v512::call : v256::call)
+#else
+#define HMM_DISPATCH(M, call) (v256::call)
+#endif
+
+inline void forward_item(const FwdShared<float>& F, const int64_t* s, int g, Arena& a) { HMM_DISPATCH(*F.M, forward_item_f32(F, s, g, a)); }
+inline void forward_item(const FwdShared<double>& F, const int64_t* s, int g, Arena& a) { HMM_DISPATCH(*F.M, forward_item_f64(F, s, g, a)); }
+inline bool backward_item(const BwdShared<float>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return HMM_DISPATCH(*B.M, backward_item_f32(B, s, g, c, a)); }
+inline bool backward_item(const BwdShared<double>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return HMM_DISPATCH(*B.M, backward_item_f64(B, s, g, c, a)); }
+// Whole-matrix preparation (once per call) is the same at any width.
+using v256::prepare_trans;
 
 /* ------------------------------------------------------------------------ */
 /* Batch drivers.                                                             */
@@ -1685,6 +996,12 @@ extern "C" {
 
 void hmm_cpu_set_default_threads(int n) { g_default_threads.store(n > 0 ? n : 0); }
 int hmm_cpu_default_threads(void) { return default_threads(); }
+int hmm_cpu_set_vector_bits(int bits) {
+  if (bits != 0 && bits != 256 && bits != 512) return -1;
+  g_vector_bits.store(bits);
+  return vector_bits();
+}
+int hmm_cpu_vector_bits(void) { return vector_bits(); }
 
 hmm_status_t hmm_cpu_backward_workspace_size(const hmm_problem_t*, size_t* bytes) {
   *bytes = 0;  // the CPU driver uses per-thread arenas

@@ -1,40 +1,49 @@
 /*
- * gluon_hmm CPU engine: small SIMD building blocks.
+ * gluon_hmm CPU engine: small SIMD building blocks, for one vector width.
  *
- * Written with GCC/Clang vector extensions on 32-byte vectors (8 floats or 4
- * doubles).  Every function is always-inline, so it takes the instruction set
- * of the function it is inlined into: cpu.cc compiles its per-sequence kernels
- * with target_clones (AVX-512, AVX2+FMA, baseline) and the loader picks one at
- * run time.
+ * Written with GCC/Clang vector extensions on HMM_VEC_BYTES-byte vectors (32:
+ * 8 floats or 4 doubles; 64: 16 floats or 8 doubles).  cpu.cc includes this
+ * file once per width, each time with HMM_VEC_BYTES and HMM_ISA (the namespace
+ * that holds that width's code: v256, v512) defined, so the two widths never
+ * share a symbol.  Every function is always-inline, so it takes the instruction
+ * set of the function it is inlined into: the per-ISA entry points of
+ * cpu_kernels.h (target_clones for 256 bits, an AVX-512 target for 512).
  */
-#ifndef GLUON_HMM_CPU_SIMD_H_
-#define GLUON_HMM_CPU_SIMD_H_
+#if !defined(HMM_VEC_BYTES) || !defined(HMM_ISA)
+#error "define HMM_VEC_BYTES (32 or 64) and HMM_ISA before including cpu_simd.h"
+#endif
 
 #include <stdint.h>
 #include <string.h>
 
 #include <limits>
+#include <type_traits>
+#include <utility>
 
+#ifndef HMM_INLINE
 #define HMM_INLINE inline __attribute__((always_inline))
 // For lambdas inside the per-ISA kernels: one left out of line is compiled once,
 // for the baseline instruction set, and called from the AVX2/AVX-512 clones.
 #define HMM_LAMBDA_INLINE __attribute__((always_inline))
+#endif
 
 namespace gluon_hmm {
+namespace cpu {
+namespace HMM_ISA {
 namespace simd {
 
 template <typename T> struct Vec;
 template <> struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef float utype __attribute__((vector_size(32), aligned(4)));   // unaligned access
-  typedef int32_t itype __attribute__((vector_size(32)));
-  static constexpr int W = 8;
+  typedef float type __attribute__((vector_size(HMM_VEC_BYTES)));
+  typedef float utype __attribute__((vector_size(HMM_VEC_BYTES), aligned(4)));  // unaligned access
+  typedef int32_t itype __attribute__((vector_size(HMM_VEC_BYTES)));
+  static constexpr int W = HMM_VEC_BYTES / 4;
 };
 template <> struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef double utype __attribute__((vector_size(32), aligned(8)));
-  typedef int64_t itype __attribute__((vector_size(32)));
-  static constexpr int W = 4;
+  typedef double type __attribute__((vector_size(HMM_VEC_BYTES)));
+  typedef double utype __attribute__((vector_size(HMM_VEC_BYTES), aligned(8)));
+  typedef int64_t itype __attribute__((vector_size(HMM_VEC_BYTES)));
+  static constexpr int W = HMM_VEC_BYTES / 8;
 };
 
 template <typename T> using vec_t = typename Vec<T>::type;
@@ -53,39 +62,35 @@ template <typename T> HMM_INLINE vec_t<T> splat(T x) {
   return __builtin_shuffle(vec_t<T>{x}, VI{});
 }
 
-// Horizontal sum as a tree of shuffles (3 dependent adds for 8 lanes, not 7).
-template <typename T> HMM_INLINE T hsum(vec_t<T> v);
-template <> HMM_INLINE float hsum<float>(vec_t<float> v) {
-  typedef Vec<float>::itype VI;
-  v += __builtin_shuffle(v, VI{4, 5, 6, 7, 0, 1, 2, 3});
-  v += __builtin_shuffle(v, VI{2, 3, 0, 1, 6, 7, 4, 5});
-  v += __builtin_shuffle(v, VI{1, 0, 3, 2, 5, 4, 7, 6});
-  return v[0];
+// The lane permutation j -> j ^ S (S a power of two below W): swaps blocks of S
+// lanes.  A constant once inlined, so each shuffle is one permute instruction.
+template <typename T, int S> HMM_INLINE typename Vec<T>::itype xor_lanes() {
+  typedef typename Vec<T>::itype VI;
+  typedef typename std::remove_reference<decltype(VI{}[0])>::type IT;
+  VI m{};
+  for (int j = 0; j < Vec<T>::W; ++j) m[j] = IT(j ^ S);
+  return m;
 }
-template <> HMM_INLINE double hsum<double>(vec_t<double> v) {
-  typedef Vec<double>::itype VI;
-  v += __builtin_shuffle(v, VI{2, 3, 0, 1});
-  v += __builtin_shuffle(v, VI{1, 0, 3, 2});
+
+// Horizontal sum as a tree of shuffles (log2 W dependent adds, not W - 1).
+template <typename T> HMM_INLINE T hsum(vec_t<T> v) {
+  constexpr int W = Vec<T>::W;
+  if (W >= 16) v += __builtin_shuffle(v, xor_lanes<T, (W >= 16 ? 8 : 1)>());
+  if (W >= 8) v += __builtin_shuffle(v, xor_lanes<T, (W >= 8 ? 4 : 1)>());
+  v += __builtin_shuffle(v, xor_lanes<T, 2>());
+  v += __builtin_shuffle(v, xor_lanes<T, 1>());
   return v[0];
 }
 
 // Horizontal maximum, the same tree (no NaN handling: callers filter NaN first).
-template <typename T> HMM_INLINE T hmax(vec_t<T> v);
-template <> HMM_INLINE float hmax<float>(vec_t<float> v) {
-  typedef Vec<float>::itype VI;
-  vec_t<float> s = __builtin_shuffle(v, VI{4, 5, 6, 7, 0, 1, 2, 3});
+template <typename T> HMM_INLINE T hmax(vec_t<T> v) {
+  constexpr int W = Vec<T>::W;
+  vec_t<T> s;
+  if (W >= 16) { s = __builtin_shuffle(v, xor_lanes<T, (W >= 16 ? 8 : 1)>()); v = s > v ? s : v; }
+  if (W >= 8) { s = __builtin_shuffle(v, xor_lanes<T, (W >= 8 ? 4 : 1)>()); v = s > v ? s : v; }
+  s = __builtin_shuffle(v, xor_lanes<T, 2>());
   v = s > v ? s : v;
-  s = __builtin_shuffle(v, VI{2, 3, 0, 1, 6, 7, 4, 5});
-  v = s > v ? s : v;
-  s = __builtin_shuffle(v, VI{1, 0, 3, 2, 5, 4, 7, 6});
-  v = s > v ? s : v;
-  return v[0];
-}
-template <> HMM_INLINE double hmax<double>(vec_t<double> v) {
-  typedef Vec<double>::itype VI;
-  vec_t<double> s = __builtin_shuffle(v, VI{2, 3, 0, 1});
-  v = s > v ? s : v;
-  s = __builtin_shuffle(v, VI{1, 0, 3, 2});
+  s = __builtin_shuffle(v, xor_lanes<T, 1>());
   v = s > v ? s : v;
   return v[0];
 }
@@ -97,20 +102,22 @@ template <typename T, int I> HMM_INLINE vec_t<T> lane(vec_t<T> v) {
 }
 
 /* sum_i v[i] * M[i] over the W lanes of v (M: W row vectors), as a tree:
- * pairs of (multiply, FMA) side by side, then two or one levels of adds, so
+ * pairs of (multiply, FMA) side by side, then log2(W) - 1 levels of adds, so
  * that the latency is a few operations rather than a chain of W FMAs. */
-template <typename T> HMM_INLINE vec_t<T> matvec(vec_t<T> v, const vec_t<T>* M);
-template <> HMM_INLINE vec_t<float> matvec<float>(vec_t<float> v, const vec_t<float>* M) {
-  const vec_t<float> s0 = lane<float, 0>(v) * M[0] + lane<float, 1>(v) * M[1];
-  const vec_t<float> s1 = lane<float, 2>(v) * M[2] + lane<float, 3>(v) * M[3];
-  const vec_t<float> s2 = lane<float, 4>(v) * M[4] + lane<float, 5>(v) * M[5];
-  const vec_t<float> s3 = lane<float, 6>(v) * M[6] + lane<float, 7>(v) * M[7];
-  return (s0 + s1) + (s2 + s3);
+template <typename T, int... K>
+HMM_INLINE void matvec_pairs(vec_t<T> v, const vec_t<T>* M, vec_t<T>* s,
+                             std::integer_sequence<int, K...>) {
+  ((s[K] = lane<T, 2 * K>(v) * M[2 * K] + lane<T, 2 * K + 1>(v) * M[2 * K + 1]), ...);
 }
-template <> HMM_INLINE vec_t<double> matvec<double>(vec_t<double> v, const vec_t<double>* M) {
-  const vec_t<double> s0 = lane<double, 0>(v) * M[0] + lane<double, 1>(v) * M[1];
-  const vec_t<double> s1 = lane<double, 2>(v) * M[2] + lane<double, 3>(v) * M[3];
-  return s0 + s1;
+template <typename T> HMM_INLINE vec_t<T> matvec(vec_t<T> v, const vec_t<T>* M) {
+  constexpr int H = Vec<T>::W / 2;
+  vec_t<T> s[H];
+  matvec_pairs<T>(v, M, s, std::make_integer_sequence<int, H>{});
+#pragma GCC unroll 8
+  for (int n = H; n > 1; n /= 2)
+#pragma GCC unroll 8
+    for (int k = 0; k < n / 2; ++k) s[k] = s[2 * k] + s[2 * k + 1];
+  return s[0];
 }
 
 /* exp(x) for the arguments the engine passes: x <= 0 (values minus their
@@ -167,6 +174,6 @@ template <typename T> HMM_INLINE vec_t<T> vexp(vec_t<T> x) {
 }
 
 }  // namespace simd
+}  // namespace HMM_ISA
+}  // namespace cpu
 }  // namespace gluon_hmm
-
-#endif  // GLUON_HMM_CPU_SIMD_H_

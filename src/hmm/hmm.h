@@ -107,6 +107,15 @@ hmm_status_t hmm_describe(const int64_t* const shapes[4], const int ndims[4], co
 void hmm_set_num_threads(int num_threads);
 int hmm_get_num_threads(void);
 
+/* Widest SIMD vectors the CPU driver may use, in bits: 256, 512, or 0 for the
+ * widest this CPU runs (the default; initially the GLUON_HMM_CPU_VECTOR_BITS
+ * environment variable when it says 256 or 512).  512 needs AVX-512 (F, VL,
+ * BW, DQ, CD) on an x86-64 build.  Results agree across widths to rounding,
+ * not bit for bit (sums run in another order).  Returns the widest width now
+ * in effect, or -1 (changing nothing) for any other argument. */
+int hmm_set_cpu_vector_bits(int bits);
+int hmm_get_cpu_vector_bits(void);
+
 /* Number of dtype elements of the forward pass's saved state (what the
  * backward pass needs), and byte sizes of per-call scratch buffers. */
 hmm_status_t hmm_saved_size(const hmm_problem_t* p, int64_t* elems);
