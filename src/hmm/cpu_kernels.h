@@ -332,6 +332,9 @@ struct TransCursor {
   }
 };
 
+// Steps of emission factors computed ahead of the recursions, per block.
+constexpr int64_t kPre = 16;
+
 template <typename T, int G>
 HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& ar) {
   const Model<T>& M = *F.M;
@@ -361,7 +364,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   // to alpha_t in place.  p_t <= N (alpha_{t-1} sums to 1, A' and u are <= 1), so
   // deferring the division cannot overflow.
   T inv_prev[G];  // 1 / c_{t-1}, to fold into step t
-  T sum[G];       // sum(p_t), added up while p_t is written
+  T sum[G] = {};   // sum(p_t), added up while p_t is written
   // Normalises slot t of member g (p_t -> alpha_t); false when c_t is unusable.
   auto settle = [&](int g, int64_t t) HMM_LAMBDA_INLINE {
     const int64_t b = seq[g];
@@ -396,7 +399,28 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     sum[g] = simd::hsum<T>(s);
     ll[g].shift += double(m) + double(mi);
   }
+  // The emission factors u_s = exp(e_s - m_s) do not depend on the recursion:
+  // they are computed kPre steps at a time in a pass of their own (independent
+  // work that pipelines freely), so that each step's chain is the product and
+  // one multiply.
+  T* ubuf = ar.array<T>(G * kPre * Np);
+  int64_t pre_begin = 1, pre_end = 1;  // ubuf holds steps [pre_begin, pre_end)
   for (int64_t t = 1; t < maxL; ++t) {
+    if (t == pre_end) {
+      pre_begin = t;
+      pre_end = std::min(maxL, t + kPre);
+      for (int g = 0; g < G; ++g) {
+        if (!ok[g]) continue;
+        const int64_t b = seq[g], end = std::min(pre_end, L[g]);
+        for (int64_t s = t; s < end; ++s) {
+          const EmitRow<T> er(M.emit_of(b, s), N, M.emit);
+          const T m = er.max(Nx);
+          T* u = ubuf + (g * kPre + (s - t)) * Np;
+          for (int64_t j = 0; j < Nx; j += Vec<T>::W) store(u + j, simd::vexp<T>(er.vec(j) - m));
+          ll[g].shift += double(m);
+        }
+      }
+    }
     const T* x[G];
     T* y[G];
     bool act[G];
@@ -412,18 +436,17 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
       scale_row(g, t - 1);  // alpha_{t-1}, after the product has read p_{t-1}
-      const EmitRow<T> er(M.emit_of(seq[g], t), N, M.emit);
-      const T m = er.max(Nx);
+      const T* u = ubuf + (g * kPre + (t - pre_begin)) * Np;
       T* a = y[g];
       const vec_t<T> inv = splat<T>(inv_prev[g]);
       vec_t<T> s = splat<T>(0);
       for (int64_t j = 0; j < Nx; j += Vec<T>::W) {
-        const vec_t<T> p = load(a + j) * (simd::vexp<T>(er.vec(j) - m) * inv);
+        const vec_t<T> p = load(a + j) * (load(u + j) * inv);
         store(a + j, p);
         s += p;
       }
       sum[g] = simd::hsum<T>(s);
-      ll[g].shift += double(m) + double(cur.mA);
+      ll[g].shift += double(cur.mA);
     }
   }
   // the last step of each member
@@ -531,7 +554,25 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
       }
     since_flush = 0;
   };
+  // u_s / c_s = exp(e_s - m_s) / c_s for kPre steps at a time, ahead of the
+  // recursion (as in forward_group).
+  T* ubuf = ar.array<T>(G * kPre * Np);
+  int64_t pre_low = maxL;  // ubuf holds steps [pre_low, pre_low + kPre)
   for (int64_t t = maxL - 1; t >= 1; --t) {
+    if (t < pre_low) {
+      pre_low = std::max<int64_t>(1, t - kPre + 1);
+      for (int g = 0; g < G; ++g) {
+        const int64_t b = seq[g], top = std::min(t, L[g] - 1);
+        for (int64_t s = top; s >= pre_low; --s) {
+          const EmitRow<T> er(M.emit_of(b, s), N, M.emit);
+          const T m = er.max(Nx);
+          const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, s));
+          T* u = ubuf + (g * kPre + (s - pre_low)) * Np;
+          for (int64_t j = 0; j < Nx; j += Vec<T>::W)
+            store(u + j, simd::vexp<T>(er.vec(j) - m) * sc);
+        }
+      }
+    }
     const T* rr[G];
     T* y[G];
     bool act[G];
@@ -543,7 +584,6 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
         // The backward pass walks time downwards through rows the forward pass
         // left in L2/L3: fetch a few steps ahead.
         prefetch_row(Bw.S.alpha(b, t - kAhead), Nx);
-        prefetch_row(M.emit_of(b, t - kAhead), N);
         if (Bw.grad_emit) prefetch_row(Bw.grad_emit + (b * TT + t - kAhead) * N, N);
       }
       if (t == L[g] - 1) {
@@ -552,13 +592,10 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
       const T* a = Bw.S.alpha(b, t);
       // gamma_t = alpha_t * beta_t (0 where alpha is 0, whatever beta holds)
       if (Bw.grad_emit) gamma_row(a, beta[g], w[g], N, Bw.grad_emit + (b * TT + t) * N);
-      const EmitRow<T> er(M.emit_of(b, t), N, M.emit);
-      const T m = er.max(Nx);
-      const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, t));
+      const T* u = ubuf + (g * kPre + (t - pre_low)) * Np;
       T* dst = Rbuf ? Rbuf + nrows * Np : nullptr;
       T* rt = dst && one_weight ? dst : r[g];
-      for (int64_t j = 0; j < Nx; j += Vec<T>::W)
-        store(rt + j, simd::vexp<T>(er.vec(j) - m) * load(beta[g] + j) * sc);
+      for (int64_t j = 0; j < Nx; j += Vec<T>::W) store(rt + j, load(u + j) * load(beta[g] + j));
       const T* ap = Bw.S.alpha(b, t - 1);
       if (dst) {
         // (w *) r_t joins the block product with alpha_{t-1} (read in place)
