@@ -609,8 +609,14 @@ inline void forward_item(const FwdShared<float>& F, const int64_t* s, int g, Are
 inline void forward_item(const FwdShared<double>& F, const int64_t* s, int g, Arena& a) { HMM_DISPATCH(*F.M, forward_item_f64(F, s, g, a)); }
 inline bool backward_item(const BwdShared<float>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return HMM_DISPATCH(*B.M, backward_item_f32(B, s, g, c, a)); }
 inline bool backward_item(const BwdShared<double>& B, const int64_t* s, int g, ChunkAcc* c, Arena& a) { return HMM_DISPATCH(*B.M, backward_item_f64(B, s, g, c, a)); }
-// Whole-matrix preparation (once per call) is the same at any width.
-using v256::prepare_trans;
+// A' (and A'^T) of a matrix shared by the call, at the width the call runs:
+// the drivers themselves are compiled for the baseline instruction set.
+inline float prepare_matrix(const Model<float>& M, const float* lt, float* A, float* At) {
+  return HMM_DISPATCH(M, prepare_trans_f32(lt, M.N, M.Np, A, At));
+}
+inline double prepare_matrix(const Model<double>& M, const double* lt, double* A, double* At) {
+  return HMM_DISPATCH(M, prepare_trans_f64(lt, M.N, M.Np, A, At));
+}
 
 /* ------------------------------------------------------------------------ */
 /* Batch drivers.                                                             */
@@ -655,7 +661,7 @@ void forward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, T* loglik, T* 
   FwdShared<T> F{&M, Saved<T>{saved, M.B, M.T_, M.Np, dtype_of<T>(), M.N}, loglik, nullptr, 0};
   if (M.trans_mode == HMM_TRANS_SHARED) {
     T* A = ca.array<T>(M.N * M.Np);
-    F.mA = prepare_trans(M.trans, M.N, M.Np, A, static_cast<T*>(nullptr));
+    F.mA = prepare_matrix(M, M.trans, A, static_cast<T*>(nullptr));
     F.A = A;
   }
   Groups gr = make_groups(M, false, &F.S);
@@ -690,7 +696,7 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
   if (M.trans_mode == HMM_TRANS_SHARED) {
     T* A = ca.array<T>(N * Np);
     T* At = ca.array<T>(N * Np);
-    Bw.mA = prepare_trans(M.trans, N, Np, A, At);
+    Bw.mA = prepare_matrix(M, M.trans, A, At);
     Bw.A = A;
     Bw.At = At;
   }
@@ -709,7 +715,7 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
                     (grad_trans && M.trans_mode == HMM_TRANS_SHARED);
   const int64_t acc_len = 2 * N * N + N;
   const int64_t nchunks = sums ? accumulator_chunks(nitems, acc_len) : nitems;
-  const int64_t nacc = sums ? nchunks : 1;
+  const int64_t nacc = std::max<int64_t>(sums ? nchunks : 1, 1);  // nchunks is 0 for B = 0
   double* acc_mem = ca.array<double>(acc_len * nacc);
   std::fill(acc_mem, acc_mem + acc_len * nacc, 0.0);
   std::vector<ChunkAcc> accs(static_cast<size_t>(nacc));
@@ -735,23 +741,21 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
     ChunkAcc* acc = &accs[sums ? c : 0];
     for (int64_t k = c * nitems / nchunks; k < (c + 1) * nitems / nchunks; ++k) item(k, acc, ar);
   });
-  if (grad_init && M.init_mode == HMM_INIT_SHARED) {
-    for (int64_t j = 0; j < N; ++j) {
-      double s = 0;
-      for (int64_t k = 0; k < nacc; ++k) s += accs[k].init[j];
-      grad_init[j] = T(s);
+  // The chunks' sums, in chunk order, into chunk 0 (contiguous: vectorised).
+  if (sums)
+    for (int64_t k = 1; k < nacc; ++k) {
+      const double* src = acc_mem + k * acc_len;
+      for (int64_t e = 0; e < acc_len; ++e) acc_mem[e] += src[e];
     }
-  }
+  if (grad_init && M.init_mode == HMM_INIT_SHARED)
+    for (int64_t j = 0; j < N; ++j) grad_init[j] = T(accs[0].init[j]);
   if (grad_trans && M.trans_mode == HMM_TRANS_SHARED) {
+    const double* pre = accs[0].trans_pre;
+    const double* direct = accs[0].trans_direct;
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < N; ++j) {
-        double pre = 0, direct = 0;
-        for (int64_t k = 0; k < nacc; ++k) {
-          pre += accs[k].trans_pre[i * N + j];
-          direct += accs[k].trans_direct[i * N + j];
-        }
         const double a = double(Bw.A[i * Np + j]);
-        grad_trans[i * N + j] = T((a == 0.0 ? 0.0 : a * pre) + direct);
+        grad_trans[i * N + j] = T((a == 0.0 ? 0.0 : a * pre[i * N + j]) + direct[i * N + j]);
       }
   }
 }
@@ -897,7 +901,7 @@ void sample_one(const Model<T>& M, int64_t b, int64_t S, const int32_t* seed, in
     A = const_cast<T*>(sharedA);
   } else if (M.trans_mode == HMM_TRANS_PER_SEQUENCE) {
     A = ar.array<T>(N * Np);
-    mA = prepare_trans(M1.trans, N, Np, A, static_cast<T*>(nullptr));
+    mA = prepare_matrix(M1, M1.trans, A, static_cast<T*>(nullptr));
   }
   FwdShared<T> F{&M1, sv, nullptr, A, mA};
   const int64_t zero = 0;
@@ -967,7 +971,7 @@ void sample_impl(const hmm_problem_t* p, const hmm_inputs_t* in, int64_t S, cons
   T mA = 0;
   if (M.trans_mode == HMM_TRANS_SHARED) {
     A = call_arena().array<T>(M.N * M.Np);
-    mA = prepare_trans(M.trans, M.N, M.Np, A, static_cast<T*>(nullptr));
+    mA = prepare_matrix(M, M.trans, A, static_cast<T*>(nullptr));
   }
   parallel_for(M.B, effective_threads(p), flops_estimate(M) * (1 + 0.1 * double(S)),
                [&](int64_t b, int) {

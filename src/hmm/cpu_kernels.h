@@ -36,15 +36,27 @@ HMM_INLINE void exp_row(const T* src, T shift, int64_t n, T* dst) {
   for (int64_t j = 0; j < n; j += W) store(dst + j, simd::vexp<T>(load(src + j) - shift));
 }
 
-// Largest finite entry of x[0:n], or 0 when there is none (scalar; used on whole matrices).
+// Largest finite entry of x[0:n] (NaN and +-inf skipped), or 0 when there is
+// none; used on whole matrices.  Vector maxima over whole vectors, then the rest.
 template <typename T>
 HMM_INLINE T finite_max(const T* x, int64_t n) {
-  T m = neg_inf<T>();
-  for (int64_t j = 0; j < n; ++j) {
-    const T v = x[j];
-    if (v > m && v < std::numeric_limits<T>::infinity()) m = v;
+  typedef vec_t<T> V;
+  constexpr int W = Vec<T>::W;
+  const T inf = std::numeric_limits<T>::infinity();
+  const V vinf = splat<T>(inf), ninf = splat<T>(-inf);
+  V mv = ninf;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const V v = load(x + j);
+    const V keep = v < vinf ? v : ninf;  // NaN and +inf compare false: dropped
+    mv = keep > mv ? keep : mv;
   }
-  return m == neg_inf<T>() ? T(0) : m;
+  T m = simd::hmax<T>(mv);
+  for (; j < n; ++j) {
+    const T v = x[j];
+    if (v > m && v < inf) m = v;
+  }
+  return m == -inf ? T(0) : m;
 }
 
 /* One row of N emissions read in place, as padded vectors (-inf
@@ -128,11 +140,16 @@ HMM_INLINE T prepare_trans(const T* lt, int64_t N, int64_t Np, T* A, T* At) {
     exp_row(row, mA, Np, row);
   }
   if (At) {
-    for (int64_t j = 0; j < N; ++j) {
-      T* row = At + j * Np;
-      for (int64_t i = 0; i < N; ++i) row[i] = A[i * Np + j];
-      for (int64_t i = N; i < Np; ++i) row[i] = 0;
-    }
+    // in 16 x 16 tiles, so that both matrices are walked a few cache lines at a time
+    constexpr int64_t kTile = 16;
+    for (int64_t i0 = 0; i0 < N; i0 += kTile)
+      for (int64_t j0 = 0; j0 < N; j0 += kTile) {
+        const int64_t i1 = std::min(N, i0 + kTile), j1 = std::min(N, j0 + kTile);
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t i = i0; i < i1; ++i) At[j * Np + i] = A[i * Np + j];
+      }
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t i = N; i < Np; ++i) At[j * Np + i] = 0;
   }
   return mA;
 }
@@ -864,6 +881,16 @@ HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc,
 
 HMM_DEFINE_ITEMS(float, f32)
 HMM_DEFINE_ITEMS(double, f64)
+
+// A call's shared matrix (prepare_trans), at this width's instruction set.
+HMM_ISA_ENTRY float prepare_trans_f32(const float* lt, int64_t N, int64_t Np, float* A,
+                                      float* At) {
+  return prepare_trans<float>(lt, N, Np, A, At);
+}
+HMM_ISA_ENTRY double prepare_trans_f64(const double* lt, int64_t N, int64_t Np, double* A,
+                                       double* At) {
+  return prepare_trans<double>(lt, N, Np, A, At);
+}
 
 }  // namespace HMM_ISA
 }  // namespace cpu
