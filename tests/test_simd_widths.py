@@ -117,3 +117,28 @@ def test_mxnet_op_follows_the_width(rng):
             np.testing.assert_array_equal(got, ghn.log_likelihood(*p.args))
     finally:
         gh.set_cpu_vector_bits(0)
+
+
+@pytest.mark.skipif(not HAS_512, reason="this CPU has no AVX-512: one width only")
+@pytest.mark.parametrize("order", [(256, 512), (512, 256)], ids=["fwd256-bwd512", "fwd512-bwd256"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N", (6, 12, 50))
+def test_saved_state_crosses_widths(rng, order, dtype, N):
+    """A saved state is valid for either width: the forward at one, the backward at
+    the other (the 256-bit kernels cover fewer padded lanes than the 512-bit ones)."""
+    from gluon_hmm import _native
+    p = make_problem(rng, 5, 40, N, lengths="ragged", dtype=dtype)
+    expected = ref.posterior(*p.astype(np.float64).args)
+    call = _native._Call(*p.args, 1)
+    try:
+        gh.set_cpu_vector_bits(order[0])
+        loglik, saved = call.forward()
+        gh.set_cpu_vector_bits(order[1])
+        gi, gt, ge = call.backward(saved, None)
+    finally:
+        gh.set_cpu_vector_bits(0)
+    t = tol(dtype)
+    np.testing.assert_allclose(loglik, expected.loglik, **t)
+    np.testing.assert_allclose(ge, expected.gamma, **t)
+    np.testing.assert_allclose(gt, expected.trans_counts, **t)
+    np.testing.assert_allclose(gi, expected.init_counts, **t)

@@ -247,7 +247,9 @@ int hmm_get_cpu_vector_bits(void) { return hmm_cpu_vector_bits(); }
 hmm_status_t hmm_saved_size(const hmm_problem_t* p, int64_t* elems) {
   HMM_TRY(check_problem(p));
   if (!elems) return HMM_STATUS_NULL_POINTER;
-  *elems = gluon_hmm::saved_elems(p->batch, p->time, p->states, p->dtype);
+  *elems = p->device == HMM_DEVICE_CPU
+               ? gluon_hmm::saved_elems_cpu(p->batch, p->time, p->states, p->dtype)
+               : gluon_hmm::saved_elems(p->batch, p->time, p->states, p->dtype);
   return HMM_STATUS_SUCCESS;
 }
 

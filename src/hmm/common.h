@@ -32,14 +32,19 @@ namespace gluon_hmm {
  *                     1: it underflowed, the sequence was computed in log space
  *                        (float64) and alpha/scale of b are unspecified: the
  *                        backward pass recomputes that sequence in log space.
+ *   CPU only, from saved_emit_offset (a multiple of 16 elements):
+ *   emit[B][T][Np]    u_t[j] = exp(log_emit[b,t,j] - m_t) with m_t the row's
+ *                     largest entry (0 past N; t >= L unspecified): the
+ *                     forward pass computes these factors anyway, and the
+ *                     backward pass reads them instead of computing them again.
  *
  * Np rounds N up to whole SIMD vectors of either width the CPU driver uses: to
  * one 32-byte vector when N fits in one (N <= 8 float32, N <= 4 float64), else
  * to a multiple of 64 bytes (16 float32, 8 float64), so that the 512-bit
  * kernels see whole vectors and the 256-bit ones whole pairs.  The layout
- * depends on (B, T, N, dtype) only, never on the device or the CPU, because
- * MXNet sizes the buffer during shape inference, before it knows where the op
- * will run (and a saved state must stay valid for any kernel that reads it).
+ * depends on (B, T, N, dtype) and the device, never on the CPU (a saved state
+ * stays valid whichever vector width reads it).  The MXNet op keeps the buffer
+ * in its op state, allocated in the forward pass, where the device is known.
  */
 HMM_HD int64_t padded_states(int64_t n, int dtype) {
   const int64_t w = (dtype == HMM_FLOAT64) ? 4 : 8;  // lanes of a 32-byte vector
@@ -53,8 +58,16 @@ HMM_HD int64_t saved_scale_offset(int64_t b, int64_t t, int64_t n, int dtype) {
 HMM_HD int64_t saved_flag_offset(int64_t b, int64_t t, int64_t n, int dtype) {
   return saved_scale_offset(b, t, n, dtype) + b * t;
 }
+// The sections every device has (the CUDA driver's whole layout).
 HMM_HD int64_t saved_elems(int64_t b, int64_t t, int64_t n, int dtype) {
   return saved_flag_offset(b, t, n, dtype) + b;
+}
+HMM_HD int64_t saved_emit_offset(int64_t b, int64_t t, int64_t n, int dtype) {
+  return (saved_elems(b, t, n, dtype) + 15) / 16 * 16;
+}
+// The CPU driver's layout: the above, then the emission factors.
+HMM_HD int64_t saved_elems_cpu(int64_t b, int64_t t, int64_t n, int dtype) {
+  return saved_emit_offset(b, t, n, dtype) + b * t * padded_states(n, dtype);
 }
 
 /* The scaled recursion gives up on a sequence (and recomputes it in log space)

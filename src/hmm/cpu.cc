@@ -305,11 +305,15 @@ struct Saved {
   int64_t T_, Np;
   T* scales;  // section starts, computed once (the offsets cost a division)
   T* flags;
+  T* emits;
   Saved(T* saved, int64_t B, int64_t T__, int64_t Np_, int dtype, int64_t N)
       : base(saved), T_(T__), Np(Np_),
         scales(saved + saved_scale_offset(B, T__, N, dtype)),
-        flags(saved + saved_flag_offset(B, T__, N, dtype)) {}
+        flags(saved + saved_flag_offset(B, T__, N, dtype)),
+        emits(saved + saved_emit_offset(B, T__, N, dtype)) {}
   T* alpha(int64_t b, int64_t t) const { return base + (b * T_ + t) * Np; }
+  // u_t = exp(e_t - m_t), as the forward pass computed it (common.h)
+  T* emit(int64_t b, int64_t t) const { return emits + (b * T_ + t) * Np; }
   T& scale(int64_t b, int64_t t) const { return scales[b * T_ + t]; }
   T& flag(int64_t b) const { return flags[b]; }
 };
@@ -764,7 +768,7 @@ template <typename T>
 void posterior_impl(const hmm_problem_t* p, const hmm_inputs_t* in, T* gamma, T* counts,
                     T* loglik, T* init_counts) {
   Model<T> M(p, in);
-  std::vector<T> saved(static_cast<size_t>(saved_elems(M.B, M.T_, M.N, dtype_of<T>())));
+  std::vector<T> saved(static_cast<size_t>(saved_elems_cpu(M.B, M.T_, M.N, dtype_of<T>())));
   std::vector<T> ll(static_cast<size_t>(std::max<int64_t>(M.B, 1)));
   std::vector<T> ones(static_cast<size_t>(std::max<int64_t>(M.B, 1)), T(1));
   forward_impl<T>(p, in, ll.data(), saved.data());
@@ -880,7 +884,7 @@ void sample_one(const Model<T>& M, int64_t b, int64_t S, const int32_t* seed, in
   }
   if (L == 0) return;
   // Forward filter into a one-sequence saved buffer.
-  const int64_t selems = saved_elems(1, L, N, dtype_of<T>());
+  const int64_t selems = saved_elems_cpu(1, L, N, dtype_of<T>());
   T* sbuf = ar.array<T>(selems);
   Saved<T> sv{sbuf, 1, L, Np, dtype_of<T>(), N};
   Model<T> M1 = M;

@@ -419,12 +419,11 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   // The emission factors u_s = exp(e_s - m_s) do not depend on the recursion:
   // they are computed kPre steps at a time in a pass of their own (independent
   // work that pipelines freely), so that each step's chain is the product and
-  // one multiply.
-  T* ubuf = ar.array<T>(G * kPre * Np);
-  int64_t pre_begin = 1, pre_end = 1;  // ubuf holds steps [pre_begin, pre_end)
+  // one multiply.  They go to the saved state, where the backward pass reads
+  // them (whole rows of Np: zero past the vectors this width computes).
+  int64_t pre_end = 1;  // u is computed for steps < pre_end
   for (int64_t t = 1; t < maxL; ++t) {
     if (t == pre_end) {
-      pre_begin = t;
       pre_end = std::min(maxL, t + kPre);
       for (int g = 0; g < G; ++g) {
         if (!ok[g]) continue;
@@ -432,8 +431,9 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
         for (int64_t s = t; s < end; ++s) {
           const EmitRow<T> er(M.emit_of(b, s), N, M.emit);
           const T m = er.max(Nx);
-          T* u = ubuf + (g * kPre + (s - t)) * Np;
+          T* u = F.S.emit(b, s);
           for (int64_t j = 0; j < Nx; j += Vec<T>::W) store(u + j, simd::vexp<T>(er.vec(j) - m));
+          for (int64_t j = Nx; j < Np; j += Vec<T>::W) store(u + j, splat<T>(0));
           ll[g].shift += double(m);
         }
       }
@@ -453,7 +453,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
     for (int g = 0; g < G; ++g) {
       if (!act[g]) continue;
       scale_row(g, t - 1);  // alpha_{t-1}, after the product has read p_{t-1}
-      const T* u = ubuf + (g * kPre + (t - pre_begin)) * Np;
+      const T* u = F.S.emit(seq[g], t);
       T* a = y[g];
       const vec_t<T> inv = splat<T>(inv_prev[g]);
       vec_t<T> s = splat<T>(0);
@@ -571,25 +571,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
       }
     since_flush = 0;
   };
-  // u_s / c_s = exp(e_s - m_s) / c_s for kPre steps at a time, ahead of the
-  // recursion (as in forward_group).
-  T* ubuf = ar.array<T>(G * kPre * Np);
-  int64_t pre_low = maxL;  // ubuf holds steps [pre_low, pre_low + kPre)
   for (int64_t t = maxL - 1; t >= 1; --t) {
-    if (t < pre_low) {
-      pre_low = std::max<int64_t>(1, t - kPre + 1);
-      for (int g = 0; g < G; ++g) {
-        const int64_t b = seq[g], top = std::min(t, L[g] - 1);
-        for (int64_t s = top; s >= pre_low; --s) {
-          const EmitRow<T> er(M.emit_of(b, s), N, M.emit);
-          const T m = er.max(Nx);
-          const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, s));
-          T* u = ubuf + (g * kPre + (s - pre_low)) * Np;
-          for (int64_t j = 0; j < Nx; j += Vec<T>::W)
-            store(u + j, simd::vexp<T>(er.vec(j) - m) * sc);
-        }
-      }
-    }
     const T* rr[G];
     T* y[G];
     bool act[G];
@@ -601,6 +583,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
         // The backward pass walks time downwards through rows the forward pass
         // left in L2/L3: fetch a few steps ahead.
         prefetch_row(Bw.S.alpha(b, t - kAhead), Nx);
+        prefetch_row(Bw.S.emit(b, t - kAhead), Nx);
         if (Bw.grad_emit) prefetch_row(Bw.grad_emit + (b * TT + t - kAhead) * N, N);
       }
       if (t == L[g] - 1) {
@@ -609,10 +592,13 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
       const T* a = Bw.S.alpha(b, t);
       // gamma_t = alpha_t * beta_t (0 where alpha is 0, whatever beta holds)
       if (Bw.grad_emit) gamma_row(a, beta[g], w[g], N, Bw.grad_emit + (b * TT + t) * N);
-      const T* u = ubuf + (g * kPre + (t - pre_low)) * Np;
+      // r_t = u_t * beta_t / c_t, u_t as the forward pass saved it
+      const T* u = Bw.S.emit(b, t);
+      const vec_t<T> sc = splat<T>(T(1) / Bw.S.scale(b, t));
       T* dst = Rbuf ? Rbuf + nrows * Np : nullptr;
       T* rt = dst && one_weight ? dst : r[g];
-      for (int64_t j = 0; j < Nx; j += Vec<T>::W) store(rt + j, load(u + j) * load(beta[g] + j));
+      for (int64_t j = 0; j < Nx; j += Vec<T>::W)
+        store(rt + j, load(u + j) * sc * load(beta[g] + j));
       const T* ap = Bw.S.alpha(b, t - 1);
       if (dst) {
         // (w *) r_t joins the block product with alpha_{t-1} (read in place)
@@ -733,7 +719,9 @@ HMM_INLINE void forward_small(const FwdShared<T>& F, int64_t b, Arena& ar) {
     // (the shifts are added in the order of t all the same)
     auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
       T m;
-      store(u + (t % kRing) * W, small_emission(M.emit_of(b, t), N, M.emit, &m));
+      const V ut = small_emission(M.emit_of(b, t), N, M.emit, &m);
+      store(u + (t % kRing) * W, ut);
+      store(F.S.emit(b, t), ut);  // for the backward pass
       ll.shift += double(m) + double(mA);
     };
     for (int64_t t = 1; t < L && t <= kAheadSmall; ++t) emission(t);
@@ -808,8 +796,7 @@ HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc,
   };
   const T* sc = &Bw.S.scale(b, 0);
   auto emission = [&](int64_t t) HMM_LAMBDA_INLINE {
-    T m;
-    store(us + (t % kRing) * W, small_emission(M.emit_of(b, t), N, M.emit, &m) * splat<T>(T(1) / sc[t]));
+    store(us + (t % kRing) * W, load(Bw.S.emit(b, t)) * splat<T>(T(1) / sc[t]));
   };
   V beta;
   for (int j = 0; j < W; ++j) beta[j] = j < N ? T(1) : T(0);
