@@ -41,6 +41,7 @@ __all__ = [
     "CaseSpec",
     "iter_cases",
     "load_reference",
+    "assert_grads_match",
 ]
 
 #: Tolerances per dtype, for comparing a fast path with the float64 reference.
@@ -56,6 +57,16 @@ TOL = {
 def tol(dtype):
     """The ``TOL`` entry for ``dtype`` (a type, an ``np.dtype`` or a string)."""
     return TOL[np.dtype(dtype).type]
+
+
+def assert_grads_match(loglik, grad_init, grad_trans, grad_emit, expected, dtype):
+    """loglik and the three gradients of sum(loglik) against a reference posterior
+    (``reference.posterior``), within ``tol(dtype)``."""
+    t = tol(dtype)
+    np.testing.assert_allclose(loglik, expected.loglik, **t)
+    np.testing.assert_allclose(grad_emit, expected.gamma, **t)
+    np.testing.assert_allclose(grad_trans, expected.trans_counts, **t)
+    np.testing.assert_allclose(grad_init, expected.init_counts, **t)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
