@@ -117,7 +117,8 @@ int hmm_set_cpu_vector_bits(int bits);
 int hmm_get_cpu_vector_bits(void);
 
 /* Number of dtype elements of the forward pass's saved state (what the
- * backward pass needs), and byte sizes of per-call scratch buffers. */
+ * backward pass needs; it depends on p->device: the CPU driver also keeps the
+ * emission factors, see common.h), and byte sizes of per-call scratch buffers. */
 hmm_status_t hmm_saved_size(const hmm_problem_t* p, int64_t* elems);
 hmm_status_t hmm_backward_workspace_size(const hmm_problem_t* p, size_t* bytes);
 hmm_status_t hmm_posterior_workspace_size(const hmm_problem_t* p, size_t* bytes);
