@@ -37,9 +37,9 @@ def set_cpu_vector_bits(bits):
     default, or the ``GLUON_HMM_CPU_VECTOR_BITS`` environment variable).
     Results agree across widths to rounding, not bit for bit.  Returns the
     width now in effect (512 needs AVX-512: without it, 256)."""
-    bits = numpy._check_vector_bits(bits, "set_cpu_vector_bits")
-    _library.load().hmm_set_cpu_vector_bits(bits)
-    return numpy.set_cpu_vector_bits(bits)
+    in_effect = numpy.set_cpu_vector_bits(bits)  # checks bits
+    _library.load().hmm_set_cpu_vector_bits(int(bits))
+    return in_effect
 
 
 __all__ = ["log_likelihood", "posterior", "posterior_stats", "viterbi", "sample", "InputError", "numpy",

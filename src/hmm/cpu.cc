@@ -48,10 +48,10 @@
 #include "common.h"
 #include "drivers.h"
 
-#ifndef HMM_INLINE
 #define HMM_INLINE inline __attribute__((always_inline))
+// For lambdas inside the per-ISA kernels: one left out of line is compiled once,
+// for the baseline instruction set, and called from the AVX2/AVX-512 clones.
 #define HMM_LAMBDA_INLINE __attribute__((always_inline))
-#endif
 
 namespace gluon_hmm {
 namespace cpu {
@@ -545,22 +545,14 @@ void backward_log_one(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc, Arena& a
 #else
 #define HMM_ISA_ENTRY
 #endif
-#include "cpu_simd.h"
 #include "cpu_kernels.h"
-#undef HMM_VEC_BYTES
-#undef HMM_ISA
-#undef HMM_ISA_ENTRY
 
 #if HMM_HAVE_V512
 // 512-bit vectors, for CPUs with AVX-512 (F, VL, BW, DQ, CD: x86-64-v4) only.
 #define HMM_VEC_BYTES 64
 #define HMM_ISA v512
 #define HMM_ISA_ENTRY __attribute__((target("arch=x86-64-v4")))
-#include "cpu_simd.h"
 #include "cpu_kernels.h"
-#undef HMM_VEC_BYTES
-#undef HMM_ISA
-#undef HMM_ISA_ENTRY
 #endif
 
 namespace gluon_hmm {
@@ -746,11 +738,10 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
     for (int64_t k = c * nitems / nchunks; k < (c + 1) * nitems / nchunks; ++k) item(k, acc, ar);
   });
   // The chunks' sums, in chunk order, into chunk 0 (contiguous: vectorised).
-  if (sums)
-    for (int64_t k = 1; k < nacc; ++k) {
-      const double* src = acc_mem + k * acc_len;
-      for (int64_t e = 0; e < acc_len; ++e) acc_mem[e] += src[e];
-    }
+  for (int64_t k = 1; k < nacc; ++k) {
+    const double* src = acc_mem + k * acc_len;
+    for (int64_t e = 0; e < acc_len; ++e) acc_mem[e] += src[e];
+  }
   if (grad_init && M.init_mode == HMM_INIT_SHARED)
     for (int64_t j = 0; j < N; ++j) grad_init[j] = T(accs[0].init[j]);
   if (grad_trans && M.trans_mode == HMM_TRANS_SHARED) {

@@ -3,9 +3,10 @@
  * over lockstep groups, and the one-vector kernels), written once for any SIMD
  * width.
  *
- * cpu.cc includes this file once per vector width, after cpu_simd.h for the
- * same width, with HMM_VEC_BYTES, HMM_ISA (the namespace: v256, v512) and
- * HMM_ISA_ENTRY (the target attribute of the entry points) defined.  The
+ * cpu.cc includes this file once per vector width, with HMM_VEC_BYTES,
+ * HMM_ISA (the namespace: v256, v512) and HMM_ISA_ENTRY (the target attribute
+ * of the entry points) defined; it brings cpu_simd.h for that width and
+ * undefines the three at its end.  The
  * kernels are always-inline into the entry points forward_item_f32/_f64 and
  * backward_item_f32/_f64 of that namespace; cpu.cc picks a namespace per call.
  * Rows are Np entries apart (padded_states): a multiple of the vector width in
@@ -14,6 +15,8 @@
 #if !defined(HMM_VEC_BYTES) || !defined(HMM_ISA) || !defined(HMM_ISA_ENTRY)
 #error "define HMM_VEC_BYTES, HMM_ISA and HMM_ISA_ENTRY before including cpu_kernels.h"
 #endif
+
+#include "cpu_simd.h"
 
 namespace gluon_hmm {
 namespace cpu {
@@ -279,6 +282,12 @@ HMM_INLINE void gemm_tn(const T* const* X, const T* const* R, int64_t K, int64_t
   for (; i < N; ++i) gemm_tn_rows<T, 1, NV>(X, R, K, i, ld, Nx, S);
 }
 
+// The columns the kernels run over: the whole vectors that hold N states (rows
+// are Np >= this apart).
+template <typename T> HMM_INLINE int64_t vec_extent(int64_t N) {
+  return (N + Vec<T>::W - 1) / Vec<T>::W * Vec<T>::W;
+}
+
 template <typename T>
 HMM_INLINE void prefetch_row(const T* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
@@ -349,15 +358,14 @@ struct TransCursor {
   }
 };
 
-// Steps of emission factors computed ahead of the recursions, per block.
+// Steps of emission factors the forward pass computes ahead of its recursion, per block.
 constexpr int64_t kPre = 16;
 
 template <typename T, int G>
 HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& ar) {
   const Model<T>& M = *F.M;
   const int64_t N = M.N, Np = M.Np;
-  // Rows are Np apart; the kernels run over the whole vectors that hold N states.
-  const int64_t Nx = (N + Vec<T>::W - 1) / Vec<T>::W * Vec<T>::W;
+  const int64_t Nx = vec_extent<T>(N);
   int64_t L[G];
   int64_t maxL = 0;
   LogProduct ll[G];
@@ -498,7 +506,7 @@ HMM_INLINE bool backward_group(const BwdShared<T>& Bw, const int64_t* seq, Chunk
                                Arena& ar) {
   const Model<T>& M = *Bw.M;
   const int64_t N = M.N, Np = M.Np, TT = M.T_;
-  const int64_t Nx = (N + Vec<T>::W - 1) / Vec<T>::W * Vec<T>::W;  // as in forward_group
+  const int64_t Nx = vec_extent<T>(N);
   const bool shared = M.trans_mode == HMM_TRANS_SHARED;
   const bool tv = M.trans_mode == HMM_TRANS_TIME_VARYING;
   int64_t L[G];
@@ -882,3 +890,7 @@ HMM_ISA_ENTRY double prepare_trans_f64(const double* lt, int64_t N, int64_t Np, 
 }  // namespace HMM_ISA
 }  // namespace cpu
 }  // namespace gluon_hmm
+
+#undef HMM_VEC_BYTES
+#undef HMM_ISA
+#undef HMM_ISA_ENTRY

@@ -2,15 +2,15 @@
  * gluon_hmm CPU engine: small SIMD building blocks, for one vector width.
  *
  * Written with GCC/Clang vector extensions on HMM_VEC_BYTES-byte vectors (32:
- * 8 floats or 4 doubles; 64: 16 floats or 8 doubles).  cpu.cc includes this
- * file once per width, each time with HMM_VEC_BYTES and HMM_ISA (the namespace
+ * 8 floats or 4 doubles; 64: 16 floats or 8 doubles).  cpu_kernels.h includes
+ * this file, once per width, with HMM_VEC_BYTES and HMM_ISA (the namespace
  * that holds that width's code: v256, v512) defined, so the two widths never
  * share a symbol.  Every function is always-inline, so it takes the instruction
  * set of the function it is inlined into: the per-ISA entry points of
  * cpu_kernels.h (target_clones for 256 bits, an AVX-512 target for 512).
  */
-#if !defined(HMM_VEC_BYTES) || !defined(HMM_ISA)
-#error "define HMM_VEC_BYTES (32 or 64) and HMM_ISA before including cpu_simd.h"
+#if !defined(HMM_VEC_BYTES) || !defined(HMM_ISA) || !defined(HMM_INLINE)
+#error "cpu_simd.h is included by cpu_kernels.h, with HMM_VEC_BYTES, HMM_ISA and HMM_INLINE defined"
 #endif
 
 #include <stdint.h>
@@ -19,13 +19,6 @@
 #include <limits>
 #include <type_traits>
 #include <utility>
-
-#ifndef HMM_INLINE
-#define HMM_INLINE inline __attribute__((always_inline))
-// For lambdas inside the per-ISA kernels: one left out of line is compiled once,
-// for the baseline instruction set, and called from the AVX2/AVX-512 clones.
-#define HMM_LAMBDA_INLINE __attribute__((always_inline))
-#endif
 
 namespace gluon_hmm {
 namespace cpu {
@@ -75,8 +68,8 @@ template <typename T, int S> HMM_INLINE typename Vec<T>::itype xor_lanes() {
 // Horizontal sum as a tree of shuffles (log2 W dependent adds, not W - 1).
 template <typename T> HMM_INLINE T hsum(vec_t<T> v) {
   constexpr int W = Vec<T>::W;
-  if (W >= 16) v += __builtin_shuffle(v, xor_lanes<T, (W >= 16 ? 8 : 1)>());
-  if (W >= 8) v += __builtin_shuffle(v, xor_lanes<T, (W >= 8 ? 4 : 1)>());
+  if constexpr (W >= 16) v += __builtin_shuffle(v, xor_lanes<T, 8>());
+  if constexpr (W >= 8) v += __builtin_shuffle(v, xor_lanes<T, 4>());
   v += __builtin_shuffle(v, xor_lanes<T, 2>());
   v += __builtin_shuffle(v, xor_lanes<T, 1>());
   return v[0];
@@ -86,8 +79,8 @@ template <typename T> HMM_INLINE T hsum(vec_t<T> v) {
 template <typename T> HMM_INLINE T hmax(vec_t<T> v) {
   constexpr int W = Vec<T>::W;
   vec_t<T> s;
-  if (W >= 16) { s = __builtin_shuffle(v, xor_lanes<T, (W >= 16 ? 8 : 1)>()); v = s > v ? s : v; }
-  if (W >= 8) { s = __builtin_shuffle(v, xor_lanes<T, (W >= 8 ? 4 : 1)>()); v = s > v ? s : v; }
+  if constexpr (W >= 16) { s = __builtin_shuffle(v, xor_lanes<T, 8>()); v = s > v ? s : v; }
+  if constexpr (W >= 8) { s = __builtin_shuffle(v, xor_lanes<T, 4>()); v = s > v ? s : v; }
   s = __builtin_shuffle(v, xor_lanes<T, 2>());
   v = s > v ? s : v;
   s = __builtin_shuffle(v, xor_lanes<T, 1>());
