@@ -388,7 +388,7 @@ HMM_INLINE void forward_group(const FwdShared<T>& F, const int64_t* seq, Arena& 
   // p_{t+1} = (p_t A') * u_{t+1} / c_t = (alpha_t A') * u_{t+1}.  Then p_t is scaled
   // to alpha_t in place.  p_t <= N (alpha_{t-1} sums to 1, A' and u are <= 1), so
   // deferring the division cannot overflow.
-  T inv_prev[G];  // 1 / c_{t-1}, to fold into step t
+  T inv_prev[G] = {};  // 1 / c_{t-1}, to fold into step t
   T sum[G] = {};   // sum(p_t), added up while p_t is written
   // Normalises slot t of member g (p_t -> alpha_t); false when c_t is unusable.
   auto settle = [&](int g, int64_t t) HMM_LAMBDA_INLINE {
