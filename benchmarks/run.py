@@ -278,12 +278,37 @@ def run_scaling(runner, workloads, args):
         np.savez(path, **dict(zip(("log_init", "log_trans", "log_emit"),
                                   make_inputs(*wl, args.seed))))
         for impl in ("gh_numpy", "gh_mxnet"):
-            pair = {}
-            for threads in (1, 2):
-                pair[threads] = runner.run(impl, path, ["fwd", "grad"], threads, outputs=False)
-            rows[(wl, impl)] = pair
+            # 1 and 2 threads in alternating rounds (1, 2 / 2, 1 / 1, 2 ...), each round a
+            # fresh process with its share of the budget: on a VM whose speed drifts from
+            # one minute to the next, neither thread count gets all the slow minutes.
+            runs = {1: [], 2: []}
+            for r in range(args.scaling_rounds):
+                for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    runs[threads].append(runner.run(impl, path, ["fwd", "grad"], threads,
+                                                    outputs=False,
+                                                    budget=args.budget / args.scaling_rounds,
+                                                    repeats=args.repeats))
+            rows[(wl, impl)] = {t: merge_rounds(v) for t, v in runs.items()}
         os.remove(path)
     return rows
+
+
+def merge_rounds(results):
+    """One result from several rounds of the same run: samples pooled per mode
+    (median and min over all of them), each round's median kept beside them."""
+    bad = [r for r in results if r.get("error") or r.get("skipped")]
+    if bad:
+        return bad[0]
+    out = dict(results[0], rounds=len(results), modes={})
+    for mode in results[0].get("modes", {}):
+        ms = [r["modes"][mode] for r in results if mode in r.get("modes", {})]
+        samples = [x for m in ms for x in m["samples"]]
+        cw = [m["cpu_over_wall"] for m in ms if m.get("cpu_over_wall")]
+        out["modes"][mode] = dict(samples=samples, median_s=float(np.median(samples)),
+                                  min_s=min(samples),
+                                  round_medians_s=[m["median_s"] for m in ms],
+                                  cpu_over_wall=float(np.mean(cw)) if cw else None)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -597,7 +622,16 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
     if scaling:
         w("## Thread scaling (gluon_hmm, 2 threads vs 1, B >= 8)\n")
         w("On a 2-core machine shared with other work, 2-thread numbers are only as good as the "
-          "second core is idle: see the load average above.\n")
+          "second core is idle: see the load average above.  Each figure pools %d alternating "
+          "rounds (1 thread, 2 threads, 2, 1, ...), each a fresh process with 1/%d of the "
+          "budget; the round medians are in the JSON.\n" % (meta["scaling_rounds"],
+                                                            meta["scaling_rounds"]))
+        ms = meta.get("machine_scaling") or []
+        if ms:
+            w("The machine itself, measured just before and just after these rounds: %s "
+              "(%s; an upper bound for two-thread compute on these two vCPUs: ~2x on dedicated cores, ~1x when the host runs them on one physical core).\n"
+              % (" / ".join("%.2fx" % m["ratio"] if m else "n/a" for m in ms),
+                 next((m["how"] for m in ms if m), "probe unavailable")))
         w("| workload | API | fwd 1T ms | fwd 2T ms | fwd speedup | fwd+grad 1T ms | fwd+grad 2T ms "
           "| fwd+grad speedup | CPU/wall 2T |")
         w("|---|---|---|---|---|---|---|---|---|")
@@ -640,6 +674,9 @@ def main(argv=None):
                         "'unruly' (default) only for libraries that ignore thread settings (JAX), "
                         "'all' for every worker, 'none' never")
     p.add_argument("--scaling", action="store_true", help="also run gluon_hmm with 2 threads vs 1, B >= 8")
+    p.add_argument("--scaling-rounds", type=int, default=None,
+                   help="alternating 1-/2-thread rounds per --scaling measurement, each with "
+                        "1/rounds of the budget (default 3, quick 1)")
     p.add_argument("--memory", dest="memory", action="store_true", default=None,
                    help="run the memory-only case B,N,T=1,8,1e6 (default: on unless --quick or "
                         "--workloads is given)")
@@ -662,6 +699,10 @@ def main(argv=None):
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.min_repeats = args.min_repeats or (2 if args.quick else 3)
     args.budget = args.budget if args.budget is not None else (0.2 if args.quick else 1.5)
+    if args.scaling_rounds is None:
+        args.scaling_rounds = 1 if args.quick else 3
+    if args.scaling_rounds < 1:
+        p.error("--scaling-rounds must be >= 1, got %d" % args.scaling_rounds)
     workloads = args.workloads or (QUICK_WORKLOADS if args.quick else WORKLOADS)
     if args.memory is None:
         args.memory = not args.quick and not args.workloads
@@ -674,6 +715,7 @@ def main(argv=None):
                                                                (argv if argv is not None else sys.argv[1:])),
                 cpu=cpu_model(), cores=os.cpu_count(), threads=args.threads,
                 budget=args.budget, repeats=args.repeats, git=_git_rev(),
+                scaling_rounds=args.scaling_rounds,
                 pin={"none": "no worker pinned",
                      "all": "every worker pinned to its --threads least busy CPUs at start",
                      "unruly": "only %s pinned to its --threads least busy CPU(s) at start (XLA "
@@ -707,7 +749,12 @@ def main(argv=None):
         scaling = None
         if args.scaling:
             log("thread scaling")
+            machine = [peak.two_thread_scaling(quick=args.quick)]
             scaling = run_scaling(runner, workloads, args)
+            machine.append(peak.two_thread_scaling(quick=args.quick))
+            meta["machine_scaling"] = machine
+            log("machine's own 2-thread FMA scaling before/after: %s" % [
+                "%.2fx" % m["ratio"] if m else "n/a" for m in machine])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_end = os.getloadavg()

@@ -40,3 +40,36 @@ def test_quick_run_writes_the_table(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         loglik_err, grad_err = float(cells[8]), float(cells[9])
         assert loglik_err < 1e-4 and grad_err < 1e-4, row
+
+
+def test_quick_scaling_run_reports_rounds_and_the_machine(tmp_path):
+    out = tmp_path / "results.md"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    r = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--quick", "--quiet",
+                        "--scaling", "--scaling-rounds", "2", "--workloads", "8,50,20",
+                        "--impls", "gh_numpy", "gh_mxnet", "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "## Thread scaling" in text and "pools 2 alternating rounds" in text
+    m = re.search(r"measured just before and just after these rounds: (\S+) / (\S+)", text)
+    assert m, text
+    for v in m.groups():   # the FMA probe: between ~1x (one shared core) and ~2x
+        assert v == "n/a" or 0.5 < float(v.rstrip("x")) < 2.3, m.group(0)
+    rows = [line for line in text.splitlines() if line.startswith("| 8,50,20 |")]
+    assert len(rows) == 2, text
+
+
+def test_merge_rounds_pools_samples():
+    sys.path.insert(0, HERE)
+    import run
+    a = dict(impl="x", modes={"grad": dict(samples=[3.0, 1.0, 2.0], median_s=2.0, cpu_over_wall=1.0)})
+    b = dict(impl="x", modes={"grad": dict(samples=[5.0, 4.0], median_s=4.5, cpu_over_wall=2.0)})
+    m = run.merge_rounds([a, b])
+    g = m["modes"]["grad"]
+    assert m["rounds"] == 2 and g["samples"] == [3.0, 1.0, 2.0, 5.0, 4.0]
+    assert g["median_s"] == 3.0 and g["min_s"] == 1.0 and g["round_medians_s"] == [2.0, 4.5]
+    assert g["cpu_over_wall"] == 1.5
+    err = dict(impl="x", error="boom", modes={})
+    assert run.merge_rounds([a, err]) is err
