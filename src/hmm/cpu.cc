@@ -441,8 +441,9 @@ struct BwdShared {
 // gradients, one set per chunk of work items (backward_impl).
 struct ChunkAcc {
   double* trans_pre;   // sum of alpha^T r, to be multiplied by A' (N x N)
-  double* trans_direct;  // log-space counts (N x N)
   double* init;        // N
+  double* trans_direct;  // log-space counts (N x N): zeroed on first use only
+  bool direct_used;    // (the fallback is rare; most calls never touch it)
 };
 
 // Transition statistics are summed in float for at most this many steps, then
@@ -502,7 +503,13 @@ void backward_log_one(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc, Arena& a
   const int64_t N = M.N, TT = M.T_, L = M.length(b);
   const double w = double(Bw.w[b]);
   double* direct = nullptr;
-  if (Bw.grad_trans && M.trans_mode == HMM_TRANS_SHARED) direct = acc->trans_direct;
+  if (Bw.grad_trans && M.trans_mode == HMM_TRANS_SHARED) {
+    direct = acc->trans_direct;
+    if (!acc->direct_used) {
+      std::fill(direct, direct + N * N, 0.0);
+      acc->direct_used = true;
+    }
+  }
   if (Bw.grad_trans && M.trans_mode == HMM_TRANS_PER_SEQUENCE) {
     direct = ar.array<double>(N * N);
     std::fill(direct, direct + N * N, 0.0);
@@ -613,6 +620,14 @@ inline float prepare_matrix(const Model<float>& M, const float* lt, float* A, fl
 inline double prepare_matrix(const Model<double>& M, const double* lt, double* A, double* At) {
   return HMM_DISPATCH(M, prepare_trans_f64(lt, M.N, M.Np, A, At));
 }
+inline void shared_trans_grad(const Model<float>& M, const float* A, const double* pre,
+                              const double* direct, float* out) {
+  HMM_DISPATCH(M, shared_trans_grad_f32(A, M.N, M.Np, pre, direct, out));
+}
+inline void shared_trans_grad(const Model<double>& M, const double* A, const double* pre,
+                              const double* direct, double* out) {
+  HMM_DISPATCH(M, shared_trans_grad_f64(A, M.N, M.Np, pre, direct, out));
+}
 
 /* ------------------------------------------------------------------------ */
 /* Batch drivers.                                                             */
@@ -711,13 +726,20 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
                     (grad_trans && M.trans_mode == HMM_TRANS_SHARED);
   const int64_t acc_len = 2 * N * N + N;
   const int64_t nchunks = sums ? accumulator_chunks(nitems, acc_len) : nitems;
-  const int64_t nacc = std::max<int64_t>(sums ? nchunks : 1, 1);  // nchunks is 0 for B = 0
-  double* acc_mem = ca.array<double>(acc_len * nacc);
-  std::fill(acc_mem, acc_mem + acc_len * nacc, 0.0);
-  std::vector<ChunkAcc> accs(static_cast<size_t>(nacc));
+  // Without sums nothing reads or writes an accumulator: none is allocated.  With
+  // sums each chunk's accumulators are zeroed by the thread that runs the chunk,
+  // inside the parallel loop (off the call's serial path, into that core's cache).
+  const int64_t nacc = sums ? std::max<int64_t>(nchunks, 1) : 0;  // nchunks is 0 for B = 0
+  double* acc_mem = sums ? ca.array<double>(acc_len * nacc) : nullptr;
+  // Per chunk: [trans_pre N*N][init N] zeroed before its items, [trans_direct N*N]
+  // zeroed by the log-space fallback when it first adds to it.
+  const int64_t eager_len = N * N + N;
+  std::vector<ChunkAcc> accs(static_cast<size_t>(std::max<int64_t>(nacc, 1)),
+                             ChunkAcc{nullptr, nullptr, nullptr, false});
   for (int64_t k = 0; k < nacc; ++k)
     accs[k] = ChunkAcc{acc_mem + k * acc_len, acc_mem + k * acc_len + N * N,
-                        acc_mem + k * acc_len + 2 * N * N};
+                        acc_mem + k * acc_len + eager_len, false};
+  if (sums && nchunks == 0) std::fill(acc_mem, acc_mem + eager_len, 0.0);  // B = 0: zero sums
   auto item = [&](int64_t k, ChunkAcc* acc, Arena& ar) {
     ar.reset();
     if (k >= ng) { backward_log_one(Bw, flagged[k - ng], acc, ar); return; }
@@ -735,24 +757,23 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
   parallel_for(nchunks, threads, 2 * flops_estimate(M), [&](int64_t c, int) {
     Arena& ar = worker_arena();
     ChunkAcc* acc = &accs[sums ? c : 0];
+    if (sums) std::fill(acc->trans_pre, acc->trans_pre + eager_len, 0.0);
     for (int64_t k = c * nitems / nchunks; k < (c + 1) * nitems / nchunks; ++k) item(k, acc, ar);
   });
-  // The chunks' sums, in chunk order, into chunk 0 (contiguous: vectorised).
-  for (int64_t k = 1; k < nacc; ++k) {
-    const double* src = acc_mem + k * acc_len;
-    for (int64_t e = 0; e < acc_len; ++e) acc_mem[e] += src[e];
-  }
+  if (!sums) return;
+  // The chunks' sums, in chunk order, into chunk 0; the log-space counts only when
+  // some chunk has them (the others' are zeroed first: the same sums, in order).
+  bool any_direct = false;
+  for (int64_t k = 0; k < nacc; ++k) any_direct = any_direct || accs[k].direct_used;
+  if (any_direct)
+    for (int64_t k = 0; k < nacc; ++k)
+      if (!accs[k].direct_used) std::fill(accs[k].trans_direct, accs[k].trans_direct + N * N, 0.0);
+  HMM_DISPATCH(M, sum_chunks(acc_mem, nacc, acc_len, any_direct ? acc_len : eager_len));
   if (grad_init && M.init_mode == HMM_INIT_SHARED)
     for (int64_t j = 0; j < N; ++j) grad_init[j] = T(accs[0].init[j]);
-  if (grad_trans && M.trans_mode == HMM_TRANS_SHARED) {
-    const double* pre = accs[0].trans_pre;
-    const double* direct = accs[0].trans_direct;
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < N; ++j) {
-        const double a = double(Bw.A[i * Np + j]);
-        grad_trans[i * N + j] = T((a == 0.0 ? 0.0 : a * pre[i * N + j]) + direct[i * N + j]);
-      }
-  }
+  if (grad_trans && M.trans_mode == HMM_TRANS_SHARED)
+    shared_trans_grad(M, Bw.A, accs[0].trans_pre, any_direct ? accs[0].trans_direct : nullptr,
+                      grad_trans);
 }
 
 template <typename T>

@@ -877,6 +877,49 @@ HMM_INLINE bool backward_small(const BwdShared<T>& Bw, int64_t b, ChunkAcc* acc,
 HMM_DEFINE_ITEMS(float, f32)
 HMM_DEFINE_ITEMS(double, f64)
 
+// The end of a backward call with sums over the batch, at this width's instruction
+// set (the drivers are baseline-compiled): the chunks' float64 sums added, in chunk
+// order, into chunk 0 (each element's additions in the same order whatever the
+// width or thread count), then grad_trans = A' * pre + direct for a shared matrix
+// (direct NULL: no log-space counts).
+// Chunk k's accumulators start at acc + k * stride; the first len of each are summed.
+HMM_ISA_ENTRY void sum_chunks(double* acc, int64_t nacc, int64_t stride, int64_t len) {
+  for (int64_t k = 1; k < nacc; ++k) {
+    const double* __restrict src = acc + k * stride;
+    double* __restrict dst = acc;
+    for (int64_t e = 0; e < len; ++e) dst[e] += src[e];
+  }
+}
+template <typename T>
+HMM_INLINE void shared_trans_grad(const T* A, int64_t N, int64_t Np, const double* pre,
+                                  const double* direct, T* out) {
+  for (int64_t i = 0; i < N; ++i) {
+    const T* __restrict a_row = A + i * Np;
+    const double* __restrict p_row = pre + i * N;
+    T* __restrict o_row = out + i * N;
+    if (direct) {
+      const double* __restrict d_row = direct + i * N;
+      for (int64_t j = 0; j < N; ++j) {
+        const double a = double(a_row[j]);
+        o_row[j] = T((a == 0.0 ? 0.0 : a * p_row[j]) + d_row[j]);
+      }
+    } else {
+      for (int64_t j = 0; j < N; ++j) {
+        const double a = double(a_row[j]);
+        o_row[j] = T(a == 0.0 ? 0.0 : a * p_row[j]);
+      }
+    }
+  }
+}
+HMM_ISA_ENTRY void shared_trans_grad_f32(const float* A, int64_t N, int64_t Np, const double* pre,
+                                         const double* direct, float* out) {
+  shared_trans_grad<float>(A, N, Np, pre, direct, out);
+}
+HMM_ISA_ENTRY void shared_trans_grad_f64(const double* A, int64_t N, int64_t Np,
+                                         const double* pre, const double* direct, double* out) {
+  shared_trans_grad<double>(A, N, Np, pre, direct, out);
+}
+
 // A call's shared matrix (prepare_trans), at this width's instruction set.
 HMM_ISA_ENTRY float prepare_trans_f32(const float* lt, int64_t N, int64_t Np, float* A,
                                       float* At) {
