@@ -13,6 +13,7 @@ single-threaded (OPENBLAS_NUM_THREADS=1), 2 n^3 flops.
 """
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -153,28 +154,41 @@ def _cpu_flags():
     return None  # unknown: try every ISA and let a failing run say so
 
 
+def _compiler():
+    return shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+
+
+def _build_kernel(cc, tmp, width, flags):
+    """The FMA kernel compiled for one width into tmp: (path, None) or (None, error)."""
+    src = os.path.join(tmp, "fma_peak.c")
+    if not os.path.exists(src):
+        with open(src, "w") as f:
+            f.write(_KERNEL)
+    exe = os.path.join(tmp, "fma_peak_%d" % width)
+    r = subprocess.run([cc, "-O3", "-pthread", "-DWIDTH=%d" % width] + flags + [src, "-o", exe],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, "compiling failed: %s" % r.stderr.strip()[-200:]
+    return exe, None
+
+
 def fma_kernel_peak(quick=False):
     """(GFLOP/s, description, {isa: GFLOP/s}) of the compiled FMA kernel at every
     vector width this CPU runs; the peak is the widest (fastest) one.  Raises
     RuntimeError when no width could be measured."""
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found")
     flags_here = _cpu_flags()
     iters, reps = (1_000_000, 40) if quick else (2_000_000, 150)
     results, errors = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "fma_peak.c")
-        with open(src, "w") as f:
-            f.write(_KERNEL)
         for name, flags, width, need in _ISAS:
             if flags_here is not None and not all(n in flags_here for n in need):
                 continue
-            exe = os.path.join(tmp, "fma_peak_%d" % width)
-            cmd = [cc, "-O3", "-pthread", "-DWIDTH=%d" % width] + flags + [src, "-o", exe]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                errors.append("%s: compiling failed: %s" % (name, r.stderr.strip()[-200:]))
+            exe, err = _build_kernel(cc, tmp, width, flags)
+            if exe is None:
+                errors.append("%s: %s" % (name, err))
                 continue
             r = subprocess.run([exe, str(iters), str(reps)], capture_output=True, text=True,
                                timeout=120)
@@ -206,19 +220,15 @@ def two_thread_scaling(rounds=4, quick=False):
     VM whose two vCPUs share a physical core (or a busy neighbour) gives less,
     and no two-thread program can beat it there.
     """
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    cc = _compiler()
     flags_here = _cpu_flags()
-    if cc is None or (flags_here is not None and not {"avx2", "fma"} <= flags_here):
+    name, flags, width, need = _ISAS[0]   # AVX2+FMA
+    if cc is None or (flags_here is not None and not all(n in flags_here for n in need)):
         return None
     iters, reps = (100_000, 20) if quick else (150_000, 100)   # ~1-2 ms a piece
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "fma_peak.c")
-        with open(src, "w") as f:
-            f.write(_KERNEL)
-        exe = os.path.join(tmp, "fma_threads")
-        r = subprocess.run([cc, "-O3", "-pthread", "-DWIDTH=8", "-mavx2", "-mfma", src, "-o", exe],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
+        exe, _ = _build_kernel(cc, tmp, width, flags)
+        if exe is None:
             return None
 
         def one(threads):
@@ -236,10 +246,7 @@ def two_thread_scaling(rounds=4, quick=False):
                 per_round.append(dict(one=got[1][0], two=got[2], ratio=sum(got[2]) / got[1][0]))
         except (RuntimeError, OSError, subprocess.SubprocessError, ValueError, IndexError):
             return None
-    ratios = sorted(x["ratio"] for x in per_round)
-    return dict(ratio=ratios[len(ratios) // 2] if len(ratios) % 2 else
-                0.5 * (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]),
-                rounds=per_round,
+    return dict(ratio=statistics.median(x["ratio"] for x in per_round), rounds=per_round,
                 how="AVX2 FMA kernel, 1 thread vs 2 threads at once, %d alternating rounds of "
                     "%d pieces of %d iterations, median GFLOP/s per thread" % (rounds, reps, iters))
 

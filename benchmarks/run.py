@@ -286,8 +286,7 @@ def run_scaling(runner, workloads, args):
                 for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
                     runs[threads].append(runner.run(impl, path, ["fwd", "grad"], threads,
                                                     outputs=False,
-                                                    budget=args.budget / args.scaling_rounds,
-                                                    repeats=args.repeats))
+                                                    budget=args.budget / args.scaling_rounds))
             rows[(wl, impl)] = {t: merge_rounds(v) for t, v in runs.items()}
         os.remove(path)
     return rows
