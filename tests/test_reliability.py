@@ -33,7 +33,7 @@ import soak
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(code, timeout=300, limit_address_space=None):
+def run_python(code, timeout=300, limit_address_space=None, env=None):
     """Runs ``code`` in a fresh interpreter (a crash cannot take pytest down); returns it done."""
     prelude = ""
     if limit_address_space:
@@ -46,7 +46,8 @@ def run_python(code, timeout=300, limit_address_space=None):
                    if l.startswith('VmSize')][0] * 1024
             resource.setrlimit(resource.RLIMIT_AS, (_vm + %d, _vm + %d))
         """ % (limit_address_space, limit_address_space))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, **(env or {}),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -332,6 +333,44 @@ def test_results_do_not_depend_on_the_thread_count(trans):
     for other in runs[1:]:
         for x, y in zip(runs[0], other):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("spin_us", ["0", "200"])
+def test_pool_with_sleeping_and_late_workers(spin_us):
+    """The pool's workers sleep between calls (GLUON_HMM_SPIN_US=0: at once) or spin
+    for a while; pauses between calls let them fall asleep, so the caller often closes
+    a job before a worker wakes.  Every result stays bitwise equal to one thread's,
+    from one Python thread and from three at once, and no call hangs (timeout)."""
+    r = run_python("""
+        import threading, time
+        import numpy as np, gluon_hmm.numpy as ghn
+        rng = np.random.default_rng(5)
+        probs = []
+        for B, N, T in [(8, 50, 20), (8, 50, 100), (3, 50, 40), (16, 16, 200), (5, 33, 60)]:
+            li = np.log(rng.dirichlet(np.ones(N))).astype(np.float32)
+            lt = np.log(rng.dirichlet(np.ones(N), size=N)).astype(np.float32)
+            le = rng.normal(size=(B, T, N)).astype(np.float32)
+            probs.append((li, lt, le))
+        flat = lambda r: [r[0]] + list(r[1])
+        ref = [flat(ghn.value_and_grad(*p, num_threads=1)) for p in probs]
+        bad = []
+        def work(seed, n):
+            g = np.random.default_rng(seed)
+            for i in range(n):
+                j = int(g.integers(len(probs)))
+                got = flat(ghn.value_and_grad(*probs[j], num_threads=int(g.integers(2, 4))))
+                if not all(np.array_equal(a, b) for a, b in zip(got, ref[j])):
+                    bad.append((seed, i, j))
+                if g.random() < 0.05:
+                    time.sleep(0.0003 + 0.002 * g.random())
+        work(0, 1500)
+        ts = [threading.Thread(target=work, args=(k, 500)) for k in (1, 2, 3)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        print("BAD", len(bad), bad[:3])
+    """, timeout=240, env={"GLUON_HMM_SPIN_US": spin_us})
+    assert r.returncode == 0, r.stderr
+    assert "BAD 0 " in r.stdout, r.stdout
 
 
 def _long_problem(T):

@@ -43,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include <sched.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -125,51 +126,77 @@ Arena& call_arena() { thread_local Arena a; return a; }
 /* ------------------------------------------------------------------------ */
 class Pool {
  public:
-  // Runs job(tid) for tid in [0, n) on the caller and n-1 workers; returns when all are done.
-  // A second caller while the pool is busy runs its job serially (tid 0 only): callers'
-  // jobs must pull work dynamically, so one tid can do everything.
+  // Runs job(tid) on the caller (tid 0) and on up to n-1 workers (tids 1..n-1, each at
+  // most once); returns when every participant is done.  A worker takes part only if
+  // it claims a slot while the job is open: the caller closes the job when its own
+  // share is done, so a worker slow to wake (a halted vCPU can take tens of
+  // microseconds to milliseconds) neither delays the call nor touches it late.
+  // Jobs must therefore pull work dynamically, so that the caller alone can do
+  // everything; a second caller while the pool is busy runs its job alone.
   void run(int n, const std::function<void(int)>& job) {
     if (n <= 1 || !busy_.try_lock()) { job(0); return; }
     std::lock_guard<std::mutex> guard(busy_, std::adopt_lock);
     n = std::min(n, kMaxThreads);
     ensure_workers(n - 1);
     job_ = &job;
-    pending_.store(n - 1, std::memory_order_relaxed);
+    // Open: n-1 slots, nobody active (the last job left the word at zero).
+    work_.store(int64_t(n - 1) << 32, std::memory_order_release);
     {
-      // Under mu_: a worker about to sleep either sees the new state or is woken.
-      // Generation and worker count change together, in one word.
+      // Under mu_: a worker about to sleep either sees the new generation or is woken.
       std::lock_guard<std::mutex> lk(mu_);
-      const int64_t gen = (state_.load(std::memory_order_relaxed) >> 8) + 1;
-      state_.store(gen << 8 | int64_t(n - 1), std::memory_order_release);
+      gen_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     job(0);
-    // The workers' share is usually done when the caller's is: spin briefly first.
-    if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+    // Close: drop the unclaimed slots, then wait for the workers that are in.
+    const int64_t left = work_.fetch_and(kActiveMask, std::memory_order_acq_rel);
+    if ((left & kActiveMask) != 0 &&
+        !spin_until([&] { return work_.load(std::memory_order_acquire) == 0; })) {
       std::unique_lock<std::mutex> lk(mu_);
-      done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+      done_cv_.wait(lk, [&] { return work_.load(std::memory_order_acquire) == 0; });
     }
     job_ = nullptr;
   }
 
  private:
-  // Busy-waits up to kSpinNs for pred(); true if it held.  Waking a sleeping
-  // thread costs tens of microseconds to milliseconds on a virtual machine whose
-  // idle vCPU is halted: a worker that slept through a call's start lets the
-  // caller run every work item alone.  Workers therefore spin for a short while
-  // after each job (calls come in bursts: forward, then backward), as OpenMP
-  // runtimes do.
+  static constexpr int64_t kActiveMask = 0xffffffff;
+
+  // Waits up to spin_ns() for pred() without sleeping; true if it held.  Waking a
+  // sleeping thread costs tens of microseconds to milliseconds on a virtual machine
+  // whose idle vCPU is halted, so workers wait this way for a while after each job
+  // (calls come in bursts: forward, then backward), as OpenMP runtimes do.  After
+  // the first kPauseNs each check yields the CPU: a runnable thread on this core
+  // (MXNet's engine thread, the Python thread between a forward and its backward)
+  // runs instead of waiting behind a spinning worker (A/B in benchmarks/NOTES.md).
   template <typename P>
   static bool spin_until(P pred) {
-    constexpr int64_t kSpinNs = 200000;
+    constexpr int64_t kPauseNs = 2000;
+    const int64_t limit = spin_ns();
     const auto start = std::chrono::steady_clock::now();
+    bool yielding = false;
     for (int k = 0;; ++k) {
       if (pred()) return true;
-      if ((k & 63) == 63 &&
-          std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(kSpinNs))
-        return pred();
-      cpu_relax();
+      if (yielding || (k & 15) == 15) {
+        const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now() - start).count();
+        if (ns > limit) return pred();
+        yielding = ns > kPauseNs;
+      }
+      if (yielding) sched_yield(); else cpu_relax();
     }
+  }
+  // GLUON_HMM_SPIN_US (microseconds, default 200; 0 = sleep at once), read once.
+  static int64_t spin_ns() {
+    static const int64_t ns = [] {
+      int64_t us = 200;
+      if (const char* v = std::getenv("GLUON_HMM_SPIN_US")) {
+        char* end = nullptr;
+        const long long x = std::strtoll(v, &end, 10);
+        if (end != v && *end == '\0' && x >= 0 && x <= 10000000) us = x;
+      }
+      return us * 1000;
+    }();
+    return ns;
   }
   static void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -178,27 +205,38 @@ class Pool {
     asm volatile("yield");
 #endif
   }
-  // Called before the job's generation is published: a new worker starts from
-  // the current generation, so it takes part in the job about to start.
+  // A new worker starts from the current generation: it waits for the next job.
   void ensure_workers(int k) {
     while (static_cast<int>(count_) < k) {
-      const int index = count_++;
-      const int64_t gen = state_.load(std::memory_order_acquire) >> 8;
-      std::thread([this, index, gen] { loop(index, gen); }).detach();
+      count_++;
+      const int64_t gen = gen_.load(std::memory_order_acquire);
+      std::thread([this, gen] { loop(gen); }).detach();
     }
   }
-  void loop(int index, int64_t seen) {
+  // One slot of the open job: its tid (1..n-1), or 0 when the job is closed or full.
+  int claim() {
+    int64_t w = work_.load(std::memory_order_acquire);
+    while ((w >> 32) > 0) {
+      if (work_.compare_exchange_weak(w, w - (int64_t(1) << 32) + 1, std::memory_order_acq_rel))
+        return static_cast<int>(w >> 32);
+    }
+    return 0;
+  }
+  void loop(int64_t seen) {
     for (;;) {
-      auto fresh = [&] { return (state_.load(std::memory_order_acquire) >> 8) != seen; };
+      auto fresh = [&] { return gen_.load(std::memory_order_acquire) != seen; };
       if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, fresh);
       }
-      const int64_t st = state_.load(std::memory_order_acquire);
-      seen = st >> 8;
-      if (index >= int(st & 255)) continue;  // not needed for this job
-      (*job_)(index + 1);
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      seen = gen_.load(std::memory_order_acquire);
+      const int tid = claim();
+      if (tid == 0) continue;  // closed before this worker got there
+      // The job it claimed may be newer than the generation read above (then this
+      // worker wakes once more for it and finds it closed or takes a second slot:
+      // jobs pull work dynamically, so either is harmless).
+      (*job_)(tid);
+      if (work_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lk(mu_);  // pairs with the caller's wait
         done_cv_.notify_all();
       }
@@ -209,8 +247,8 @@ class Pool {
   std::condition_variable cv_, done_cv_;
   const std::function<void(int)>* job_ = nullptr;
   static constexpr int kMaxThreads = 256;
-  std::atomic<int64_t> state_{0};  // generation << 8 | number of workers in the job
-  std::atomic<int> pending_{0};
+  std::atomic<int64_t> gen_{0};   // job generation
+  std::atomic<int64_t> work_{0};  // open slots << 32 | active workers
   std::atomic<int> count_{0};
 };
 
