@@ -402,6 +402,9 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
     w("# gluon_hmm benchmark results\n")
     w("- date: %s" % meta["date"])
     w("- command: `%s`" % meta["command"])
+    w("- to reproduce: `make build`, a peer venv from `benchmarks/requirements.txt` (torch, JAX), "
+      "then `PYTHONPATH=. .venv/bin/python benchmarks/run.py --scaling --peer-python "
+      "PEERVENV/bin/python`; method and the history of these figures: `benchmarks/NOTES.md`")
     w("- machine: %s, %d logical cores (%s), %s" % (meta["cpu"], meta["cores"], platform.machine(),
                                                    meta["mem"]))
     w("- load average (1/5/15 min) at start: %s; at end: %s; 1-min load sampled at each worker "
