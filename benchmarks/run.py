@@ -281,13 +281,19 @@ def run_scaling(runner, workloads, args):
             # 1 and 2 threads in alternating rounds (1, 2 / 2, 1 / 1, 2 ...), each round a
             # fresh process with its share of the budget: on a VM whose speed drifts from
             # one minute to the next, neither thread count gets all the slow minutes.
-            runs = {1: [], 2: []}
+            # Before each round, a short run of the machine's own two-thread FMA probe:
+            # the host may run the two vCPUs on one physical core for a while, and a round
+            # that lands there says nothing about the engine.
+            runs, probes = {1: [], 2: []}, []
             for r in range(args.scaling_rounds):
+                probe = peak.two_thread_scaling(rounds=2, quick=True)
+                probes.append(probe["ratio"] if probe else None)
                 for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
                     runs[threads].append(runner.run(impl, path, ["fwd", "grad"], threads,
                                                     outputs=False,
                                                     budget=args.budget / args.scaling_rounds))
             rows[(wl, impl)] = {t: merge_rounds(v) for t, v in runs.items()}
+            rows[(wl, impl)]["probes"] = probes
         os.remove(path)
     return rows
 
@@ -634,9 +640,12 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
               "(%s; an upper bound for two-thread compute on these two vCPUs: ~2x on dedicated cores, ~1x when the host runs them on one physical core).\n"
               % (" / ".join("%.2fx" % m["ratio"] if m else "n/a" for m in ms),
                  next((m["how"] for m in ms if m), "probe unavailable")))
+        w("Last column: each round's fwd+grad speedup (its 1-thread median / its 2-thread median) "
+          "and, in brackets, the machine's FMA probe run just before that round (2 rounds of 20 "
+          "short pieces): a round whose probe is near 1x ran while the two vCPUs shared a core.\n")
         w("| workload | API | fwd 1T ms | fwd 2T ms | fwd speedup | fwd+grad 1T ms | fwd+grad 2T ms "
-          "| fwd+grad speedup | CPU/wall 2T |")
-        w("|---|---|---|---|---|---|---|---|---|")
+          "| fwd+grad speedup | CPU/wall 2T | per round (probe) |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
         for (wl, impl), pair in scaling.items():
             cells = [",".join(map(str, wl)), dict(apis)[impl]]
             for mode in ("fwd", "grad"):
@@ -645,6 +654,12 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
                 cells += [_fmt_ms(t1), _fmt_ms(t2), _fmt_x(t1 / t2) if t1 and t2 else "—"]
             cw = pair[2].get("modes", {}).get("grad", {}).get("cpu_over_wall")
             cells.append("%.2f" % cw if cw else "—")
+            r1 = pair[1].get("modes", {}).get("grad", {}).get("round_medians_s") or []
+            r2 = pair[2].get("modes", {}).get("grad", {}).get("round_medians_s") or []
+            probes = pair.get("probes") or []
+            cells.append(", ".join(
+                "%.2f (%s)" % (a / b, "%.2f" % pr if pr else "n/a")
+                for a, b, pr in zip(r1, r2, probes + [None] * len(r1)) if a and b) or "—")
             w("| " + " | ".join(cells) + " |")
         w("")
     return "\n".join(L) + "\n"
