@@ -11,6 +11,7 @@ shared machine the best run is one that had the core to itself.
 Fallback (no compiler or no AVX2/FMA): a large float32 NumPy matmul,
 single-threaded (OPENBLAS_NUM_THREADS=1), 2 n^3 flops.
 """
+import atexit
 import os
 import shutil
 import statistics
@@ -158,18 +159,29 @@ def _compiler():
     return shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
 
 
-def _build_kernel(cc, tmp, width, flags):
-    """The FMA kernel compiled for one width into tmp: (path, None) or (None, error)."""
-    src = os.path.join(tmp, "fma_peak.c")
-    if not os.path.exists(src):
-        with open(src, "w") as f:
-            f.write(_KERNEL)
-    exe = os.path.join(tmp, "fma_peak_%d" % width)
-    r = subprocess.run([cc, "-O3", "-pthread", "-DWIDTH=%d" % width] + flags + [src, "-o", exe],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        return None, "compiling failed: %s" % r.stderr.strip()[-200:]
-    return exe, None
+_BUILT = {}          # (compiler, width, flags) -> (path, None) or (None, error)
+_BUILD_DIR = []      # the folder they are compiled into, removed at exit
+
+
+def _build_kernel(cc, width, flags):
+    """The FMA kernel compiled for one width: (path, None) or (None, error).  Compiled
+    once per process: run.py probes the machine before every thread-scaling round."""
+    key = (cc, width, tuple(flags))
+    if key not in _BUILT:
+        if not _BUILD_DIR:
+            _BUILD_DIR.append(tempfile.mkdtemp(prefix="gluon_hmm_peak_"))
+            atexit.register(shutil.rmtree, _BUILD_DIR[0], True)
+        tmp = _BUILD_DIR[0]
+        src = os.path.join(tmp, "fma_peak.c")
+        if not os.path.exists(src):
+            with open(src, "w") as f:
+                f.write(_KERNEL)
+        exe = os.path.join(tmp, "fma_peak_%d" % width)
+        r = subprocess.run([cc, "-O3", "-pthread", "-DWIDTH=%d" % width] + flags + [src, "-o", exe],
+                           capture_output=True, text=True)
+        _BUILT[key] = ((None, "compiling failed: %s" % r.stderr.strip()[-200:])
+                       if r.returncode != 0 else (exe, None))
+    return _BUILT[key]
 
 
 def fma_kernel_peak(quick=False):
@@ -182,20 +194,19 @@ def fma_kernel_peak(quick=False):
     flags_here = _cpu_flags()
     iters, reps = (1_000_000, 40) if quick else (2_000_000, 150)
     results, errors = {}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, flags, width, need in _ISAS:
-            if flags_here is not None and not all(n in flags_here for n in need):
-                continue
-            exe, err = _build_kernel(cc, tmp, width, flags)
-            if exe is None:
-                errors.append("%s: %s" % (name, err))
-                continue
-            r = subprocess.run([exe, str(iters), str(reps)], capture_output=True, text=True,
-                               timeout=120)
-            if r.returncode != 0:
-                errors.append("%s: the kernel failed (exit %d)" % (name, r.returncode))
-                continue
-            results[name] = float(r.stdout.strip())
+    for name, flags, width, need in _ISAS:
+        if flags_here is not None and not all(n in flags_here for n in need):
+            continue
+        exe, err = _build_kernel(cc, width, flags)
+        if exe is None:
+            errors.append("%s: %s" % (name, err))
+            continue
+        r = subprocess.run([exe, str(iters), str(reps)], capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            errors.append("%s: the kernel failed (exit %d)" % (name, r.returncode))
+            continue
+        results[name] = float(r.stdout.strip())
     if not results:
         raise RuntimeError("; ".join(errors) or "no AVX2/FMA or AVX-512 on this CPU")
     best = max(results, key=results.get)
@@ -226,26 +237,25 @@ def two_thread_scaling(rounds=4, quick=False):
     if cc is None or (flags_here is not None and not all(n in flags_here for n in need)):
         return None
     iters, reps = (100_000, 20) if quick else (150_000, 100)   # ~1-2 ms a piece
-    with tempfile.TemporaryDirectory() as tmp:
-        exe, _ = _build_kernel(cc, tmp, width, flags)
-        if exe is None:
-            return None
+    exe, _ = _build_kernel(cc, width, flags)
+    if exe is None:
+        return None
 
-        def one(threads):
-            r = subprocess.run([exe, str(iters), str(reps), str(threads)], capture_output=True,
-                               text=True, timeout=120)
-            if r.returncode != 0:
-                raise RuntimeError("the FMA kernel failed (exit %d)" % r.returncode)
-            return [float(x) for x in r.stdout.split()]
+    def one(threads):
+        r = subprocess.run([exe, str(iters), str(reps), str(threads)], capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("the FMA kernel failed (exit %d)" % r.returncode)
+        return [float(x) for x in r.stdout.split()]
 
-        per_round = []
-        try:
-            for k in range(rounds):
-                order = (1, 2) if k % 2 == 0 else (2, 1)
-                got = {t: one(t) for t in order}
-                per_round.append(dict(one=got[1][0], two=got[2], ratio=sum(got[2]) / got[1][0]))
-        except (RuntimeError, OSError, subprocess.SubprocessError, ValueError, IndexError):
-            return None
+    per_round = []
+    try:
+        for k in range(rounds):
+            order = (1, 2) if k % 2 == 0 else (2, 1)
+            got = {t: one(t) for t in order}
+            per_round.append(dict(one=got[1][0], two=got[2], ratio=sum(got[2]) / got[1][0]))
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
     return dict(ratio=statistics.median(x["ratio"] for x in per_round), rounds=per_round,
                 how="AVX2 FMA kernel, 1 thread vs 2 threads at once, %d alternating rounds of "
                     "%d pieces of %d iterations, median GFLOP/s per thread" % (rounds, reps, iters))

@@ -656,10 +656,10 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
             cells.append("%.2f" % cw if cw else "—")
             r1 = pair[1].get("modes", {}).get("grad", {}).get("round_medians_s") or []
             r2 = pair[2].get("modes", {}).get("grad", {}).get("round_medians_s") or []
-            probes = pair.get("probes") or []
+            probes = pair.get("probes") or [None] * len(r1)   # one per round
             cells.append(", ".join(
                 "%.2f (%s)" % (a / b, "%.2f" % pr if pr else "n/a")
-                for a, b, pr in zip(r1, r2, probes + [None] * len(r1)) if a and b) or "—")
+                for a, b, pr in zip(r1, r2, probes) if a and b) or "—")
             w("| " + " | ".join(cells) + " |")
         w("")
     return "\n".join(L) + "\n"

@@ -56,7 +56,7 @@ def test_quick_scaling_run_reports_rounds_and_the_machine(tmp_path):
     m = re.search(r"measured just before and just after these rounds: (\S+) / (\S+)", text)
     assert m, text
     for v in m.groups():   # the FMA probe: between ~1x (one shared core) and ~2x
-        assert v == "n/a" or 0.3 < float(v.rstrip("x")) < 3, m.group(0)
+        assert v == "n/a" or 0.5 < float(v.rstrip("x")) < 2.3, m.group(0)
     rows = [line for line in text.splitlines() if line.startswith("| 8,50,20 |")]
     assert len(rows) == 2, text
     for row in rows:   # per round: "speedup (probe)", one per round
