@@ -367,3 +367,70 @@ def test_buffer_alloc_keeps_memory_between_calls():
     assert alloc(0, None, 8, None) == 2
     if not lib.hmm_has_cuda():
         assert alloc(1, None, 8, ctypes.byref(ptr)) == 4  # built without CUDA
+
+
+def _buffer_api():
+    import ctypes
+    lib = gh._library.load()
+    alloc, free = lib.hmm_buffer_alloc, lib.hmm_buffer_free
+    alloc.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                      ctypes.POINTER(ctypes.c_void_p)]
+    free.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    return alloc, free
+
+
+def test_buffer_free_keeps_host_blocks_for_reuse():
+    """A freed host buffer is kept, resident, for the next request it fits (at least half
+    its size): the MXNet op state allocates one per call, and fresh pages fault on first
+    touch.  Freeing twice, or freeing memory hmm_buffer_alloc did not give, is refused."""
+    import ctypes
+    alloc, free = _buffer_api()
+    nbytes = (5 << 20) + 4093          # a size no other test allocates
+    a, b, c = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+    assert alloc(0, None, nbytes, ctypes.byref(a)) == 0
+    ctypes.memset(a, 1, nbytes)
+    assert free(0, None, a) == 0
+    assert free(0, None, a) == 1       # second free of a cached block: refused
+    assert alloc(0, None, nbytes - 1000, ctypes.byref(b)) == 0
+    assert b.value == a.value          # the same block again
+    ctypes.memset(b, 2, nbytes - 1000)
+    assert free(0, None, b) == 0
+    assert alloc(0, None, 1 << 20, ctypes.byref(c)) == 0
+    assert c.value != a.value          # a small request does not take the 5 MiB block
+    assert free(0, None, c) == 0
+    host = np.zeros(1024, np.uint8)    # not from hmm_buffer_alloc: no tag in front of it
+    assert free(0, None, ctypes.c_void_p(host.ctypes.data + 512)) == 1
+    assert not host.any()
+
+
+@pytest.mark.parametrize("cache_mib, kept", [(None, True), ("0", False), ("64", False)])
+def test_buffer_cache_limit(cache_mib, kept):
+    """GLUON_HMM_HOST_CACHE_MIB bounds what freed buffers keep resident (default 256 MiB;
+    0 keeps none): a freed 100 MiB buffer stays in the resident set only when it fits."""
+    from test_reliability import run_python
+    env = {} if cache_mib is None else {"GLUON_HMM_HOST_CACHE_MIB": cache_mib}
+    r = run_python("""
+        import ctypes, gluon_hmm as gh
+        lib = gh._library.load()
+        lib.hmm_buffer_alloc.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                                         ctypes.POINTER(ctypes.c_void_p)]
+        lib.hmm_buffer_free.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        def rss():
+            return [int(l.split()[1]) for l in open('/proc/self/status')
+                    if l.startswith('VmRSS')][0] >> 10
+        n = 100 << 20
+        p = ctypes.c_void_p()
+        before = rss()
+        assert lib.hmm_buffer_alloc(0, None, n, ctypes.byref(p)) == 0
+        ctypes.memset(p, 3, n)
+        touched = rss()
+        assert lib.hmm_buffer_free(0, None, p) == 0
+        print("RSS", before, touched, rss())
+    """, env=env)
+    assert r.returncode == 0, r.stderr
+    before, touched, after = map(int, r.stdout.split("RSS")[1].split())
+    assert touched - before >= 95
+    if kept:
+        assert after - before >= 95
+    else:
+        assert after - before < 20

@@ -4,9 +4,13 @@
  */
 #include <cstdio>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common.h"
 #include "drivers.h"
@@ -100,6 +104,112 @@ hmm_status_t fail(char* message, size_t len, const std::string& text) {
     message[len - 1] = '\0';
   }
   return HMM_STATUS_INVALID_VALUE;
+}
+
+/* Host buffers (hmm_buffer_alloc on the CPU) and a small cache of freed ones.
+ * The MXNet op keeps its forward variables in such a buffer from the forward
+ * to the backward pass, and MXNet makes a new op state, so a new buffer, for
+ * every call.  Freshly allocated, a buffer of a few MiB comes from pages the
+ * C library has handed back to the kernel, and the first touch of each 4 KiB
+ * page faults: 134 faults, about a third of a millisecond, per 1.1 ms forward
+ * at B, N, T = 8, 50, 1000 (benchmarks/NOTES.md).  A freed buffer is therefore
+ * kept, resident, for the next allocation it fits: at most kCacheBlocks
+ * buffers and GLUON_HMM_HOST_CACHE_MIB MiB (default 256; 0 turns the cache
+ * off) in all, oldest dropped first.  A buffer is reused only for a request of
+ * at least half its size, so a small call never holds a large block.
+ *
+ * Each block has a 64-byte header (its usable size and a tag) in front of the
+ * pointer handed out, so hmm_buffer_free needs nothing but the pointer; a
+ * pointer without the tag is refused (HMM_STATUS_INVALID_VALUE), not freed. */
+constexpr size_t kHeader = 64;
+constexpr uint64_t kTag = 0x676c756f6e686d6dULL;  // "gluonhmm": handed out
+constexpr uint64_t kTagCached = kTag ^ 1;           // in the cache: a second free is refused
+constexpr size_t kCacheBlocks = 8;
+
+struct HostCache {
+  std::mutex mu;
+  std::vector<std::pair<size_t, char*>> blocks;  // (usable bytes, base), oldest first
+  size_t bytes = 0;
+};
+
+// Never destroyed: an op state may be freed while the process exits, after
+// this file's static objects would have been.
+HostCache& host_cache() {
+  static HostCache* c = new HostCache;
+  return *c;
+}
+
+size_t host_cache_limit() {
+  static const size_t limit = [] {
+    long long mib = 256;
+    if (const char* v = std::getenv("GLUON_HMM_HOST_CACHE_MIB")) {
+      char* end = nullptr;
+      const long long x = std::strtoll(v, &end, 10);
+      if (end != v && *end == '\0' && x >= 0 && x <= (int64_t(1) << 30)) mib = x;
+    }
+    return static_cast<size_t>(mib) << 20;
+  }();
+  return limit;
+}
+
+hmm_status_t host_alloc(size_t bytes, void** ptr) {
+  if (bytes > std::numeric_limits<size_t>::max() - kHeader - 63) return HMM_STATUS_TOO_LARGE;
+  const size_t usable = (bytes + 63) / 64 * 64;
+  {
+    HostCache& c = host_cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    size_t best = c.blocks.size();
+    for (size_t i = 0; i < c.blocks.size(); ++i) {
+      const size_t have = c.blocks[i].first;
+      if (have >= usable && have / 2 <= usable &&
+          (best == c.blocks.size() || have < c.blocks[best].first))
+        best = i;
+    }
+    if (best != c.blocks.size()) {
+      char* base = c.blocks[best].second;
+      c.bytes -= c.blocks[best].first;
+      c.blocks.erase(c.blocks.begin() + static_cast<std::ptrdiff_t>(best));
+      std::memcpy(base + sizeof(size_t), &kTag, sizeof kTag);
+      *ptr = base + kHeader;
+      return HMM_STATUS_SUCCESS;
+    }
+  }
+  char* base = static_cast<char*>(std::aligned_alloc(64, usable + kHeader));
+  if (!base) return HMM_STATUS_TOO_LARGE;
+  std::memcpy(base, &usable, sizeof usable);
+  std::memcpy(base + sizeof usable, &kTag, sizeof kTag);
+  *ptr = base + kHeader;
+  return HMM_STATUS_SUCCESS;
+}
+
+hmm_status_t host_free(void* ptr) {
+  char* base = static_cast<char*>(ptr) - kHeader;
+  size_t usable;
+  uint64_t tag;
+  std::memcpy(&usable, base, sizeof usable);
+  std::memcpy(&tag, base + sizeof usable, sizeof tag);
+  if (tag != kTag) return HMM_STATUS_INVALID_VALUE;
+  const size_t limit = host_cache_limit();
+  if (usable <= limit) {
+    HostCache& c = host_cache();
+    std::vector<char*> drop;
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      while (!c.blocks.empty() && (c.blocks.size() >= kCacheBlocks || c.bytes + usable > limit)) {
+        drop.push_back(c.blocks.front().second);
+        c.bytes -= c.blocks.front().first;
+        c.blocks.erase(c.blocks.begin());
+      }
+      std::memcpy(base + sizeof usable, &kTagCached, sizeof kTagCached);
+      c.blocks.emplace_back(usable, base);
+      c.bytes += usable;
+    }
+    for (char* d : drop) std::free(d);
+    return HMM_STATUS_SUCCESS;
+  }
+  std::memset(base + sizeof usable, 0, sizeof tag);  // a second free is refused
+  std::free(base);
+  return HMM_STATUS_SUCCESS;
 }
 
 }  // namespace
@@ -219,9 +329,7 @@ hmm_status_t hmm_buffer_alloc(hmm_device_t device, void* stream, size_t bytes, v
 #endif
   }
   (void)stream;
-  if (bytes > std::numeric_limits<size_t>::max() - 63) return HMM_STATUS_TOO_LARGE;
-  *ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-  return *ptr ? HMM_STATUS_SUCCESS : HMM_STATUS_TOO_LARGE;
+  return host_alloc(bytes, ptr);
 }
 
 hmm_status_t hmm_buffer_free(hmm_device_t device, void* stream, void* ptr) {
@@ -235,8 +343,7 @@ hmm_status_t hmm_buffer_free(hmm_device_t device, void* stream, void* ptr) {
 #endif
   }
   (void)stream;
-  std::free(ptr);
-  return HMM_STATUS_SUCCESS;
+  return host_free(ptr);
 }
 
 void hmm_set_num_threads(int num_threads) { hmm_cpu_set_default_threads(num_threads); }

@@ -131,7 +131,12 @@ hmm_status_t hmm_sample_workspace_size(const hmm_problem_t* p, int64_t num_sampl
  * CUDA: stream-ordered device memory (cudaMallocAsync / cudaFreeAsync on
  * stream): usable by work queued on stream after the call, freed after the
  * work queued on stream before the free.  bytes == 0 gives NULL; freeing NULL
- * does nothing.  HMM_STATUS_TOO_LARGE when the memory is not there. */
+ * does nothing.  HMM_STATUS_TOO_LARGE when the memory is not there.  Freed host
+ * buffers are kept for reuse (up to GLUON_HMM_HOST_CACHE_MIB MiB, default 256,
+ * 0 = none), so a buffer per call does not fault in fresh pages every call;
+ * freeing a host pointer hmm_buffer_alloc did not give (or freeing it twice)
+ * is refused with HMM_STATUS_INVALID_VALUE where the tag in front of it shows
+ * it. */
 hmm_status_t hmm_buffer_alloc(hmm_device_t device, void* stream, size_t bytes, void** ptr);
 hmm_status_t hmm_buffer_free(hmm_device_t device, void* stream, void* ptr);
 
