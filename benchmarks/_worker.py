@@ -1,7 +1,8 @@
 """One measurement in a fresh process: ``python _worker.py SPEC.json``.
 
 The spec names an implementation (see impls.IMPLS), the input file, the modes
-("fwd", "grad"), the thread count and the timing budget.  The worker writes a
+("fwd", "grad"), the thread count (or, for thread scaling, a list of counts the
+worker alternates between, see bench_paired) and the timing budget.  The worker writes a
 JSON result (times, peak RSS, CPU/wall ratio) and the outputs of the last call
 (for the error check against the float64 reference, done by run.py).
 
@@ -13,6 +14,7 @@ another's numbers.
 """
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -45,7 +47,6 @@ def _peak_kib():
     hwm = _status_kib("VmHWM")
     if hwm is not None:
         return hwm
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -68,6 +69,8 @@ def bench(fn, repeats, budget_s, min_repeats, jit):
     inner = max(1, int(0.005 / max(second, 1e-7)))   # a sample lasts >= ~5 ms
     samples = []
     wall = cpu = 0.0
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    calls = 0
     start = time.perf_counter()
     while len(samples) < repeats:
         c0, t0 = time.process_time(), time.perf_counter()
@@ -75,12 +78,66 @@ def bench(fn, repeats, budget_s, min_repeats, jit):
             out = fn()
         t1, c1 = time.perf_counter(), time.process_time()
         samples.append((t1 - t0) / inner)
+        calls += inner
         wall += t1 - t0
         cpu += c1 - c0
         if len(samples) >= min_repeats and time.perf_counter() - start > budget_s:
             break
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     return out, dict(first_s=first, samples=samples, inner=inner,
-                     cpu_over_wall=cpu / wall if wall > 0 else None)
+                     cpu_over_wall=cpu / wall if wall > 0 else None,
+                     minor_faults_per_call=(ru1.ru_minflt - ru0.ru_minflt) / calls,
+                     vol_ctx_switches_per_call=(ru1.ru_nvcsw - ru0.ru_nvcsw) / calls,
+                     invol_ctx_switches_per_call=(ru1.ru_nivcsw - ru0.ru_nivcsw) / calls)
+
+
+def bench_paired(impl, mode, counts, repeats, budget_s, min_repeats):
+    """Thread counts alternated sample by sample in one process (A B, B A, A B, ...).
+
+    The host's speed drifts from second to second on a shared VM; two counts timed
+    in turns see the same drift, where counts timed in separate processes (or
+    minutes) do not.  ``impl.set_threads(n)`` switches the count; each sample is
+    >= ~5 ms at the slowest count.  Returns {n: timing} in bench()'s format.
+    """
+    fn = impl.fwd if mode == "fwd" else impl.grad
+    first = {}
+    for n in counts:
+        impl.set_threads(n)
+        t0 = time.perf_counter()
+        out = fn()
+        first[n] = time.perf_counter() - t0
+        fn()
+    impl.set_threads(counts[0])
+    t0 = time.perf_counter()
+    fn()
+    slowest = time.perf_counter() - t0
+    inner = max(1, int(0.005 / max(slowest, 1e-7)))
+    timing = {n: dict(first_s=first[n], samples=[], inner=inner, wall=0.0, cpu=0.0)
+              for n in counts}
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    pairs = 0
+    while pairs < repeats:
+        for n in (counts if pairs % 2 == 0 else counts[::-1]):
+            impl.set_threads(n)
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(inner):
+                out = fn()
+            t1, c1 = time.perf_counter(), time.process_time()
+            d = timing[n]
+            d["samples"].append((t1 - t0) / inner)
+            d["wall"] += t1 - t0
+            d["cpu"] += c1 - c0
+        pairs += 1
+        if pairs >= min_repeats and time.perf_counter() - start > budget_s:
+            break
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    for d in timing.values():
+        wall, cpu = d.pop("wall"), d.pop("cpu")
+        d.update(cpu_over_wall=cpu / wall if wall > 0 else None,
+                 median_s=statistics.median(d["samples"]), min_s=min(d["samples"]),
+                 minor_faults_per_call=(ru1.ru_minflt - ru0.ru_minflt) / (pairs * inner * len(counts)))
+    return out, timing
 
 
 def main(spec_path):
@@ -102,13 +159,24 @@ def main(spec_path):
         result["T_run"] = int(le.shape[1])
         t0 = time.perf_counter()
         try:
-            impl = cls(li, lt, le, spec["threads"])
+            threads = spec["threads"]
+            impl = cls(li, lt, le, max(threads) if isinstance(threads, list) else threads)
         except ImportError as e:
             result["skipped"] = "%s not importable in %s (%s)" % (spec["impl"], sys.executable, e)
             return result
         result["setup_s"] = time.perf_counter() - t0
         del data
         outputs = {}
+        if isinstance(spec["threads"], list):
+            # thread scaling: every count in one process, in turns (bench_paired)
+            by_threads = {str(n): {} for n in spec["threads"]}
+            for mode in spec["modes"]:
+                _, timing = bench_paired(impl, mode, spec["threads"], spec["repeats"],
+                                         spec["budget_s"], spec["min_repeats"])
+                for n, t in timing.items():
+                    by_threads[str(n)][mode] = t
+            result["modes_by_threads"] = by_threads
+            return result
         for mode in spec["modes"]:
             fn = impl.fwd if mode == "fwd" else impl.grad
             reset_ok = _reset_peak()

@@ -46,6 +46,9 @@ class GluonNumpy:
         self.ghn, self.threads = ghn, threads
         self.args = (np.ascontiguousarray(li), np.ascontiguousarray(lt), np.ascontiguousarray(le))
 
+    def set_threads(self, n):
+        self.threads = n
+
     def fwd(self):
         return self.ghn.log_likelihood(*self.args, num_threads=self.threads)
 
@@ -72,6 +75,10 @@ class GluonMXNet:
         for a in self.args:
             a.attach_grad()
         mx.nd.waitall()
+
+    def set_threads(self, n):
+        self.mx.nd.waitall()
+        self.gh.set_num_threads(n)
 
     def fwd(self):
         y = self.gh.log_likelihood(*self.args)

@@ -127,12 +127,13 @@ class Runner:
         a = self.args
         self.count += 1
         base = os.path.join(self.tmp, "w%03d_%s" % (self.count, impl))
+        most = max(threads) if isinstance(threads, list) else threads
         spec = dict(impl=impl, inputs=inputs, modes=modes, threads=threads, steps=steps,
                     repeats=a.repeats if repeats is None else repeats,
                     budget_s=a.budget if budget is None else budget,
                     min_repeats=a.min_repeats if min_repeats is None else min_repeats,
                     outputs=base + ".out.npz" if outputs else None,
-                    cpus=pinned_cpus(threads) if a.pin == "all" or (a.pin == "unruly" and
+                    cpus=pinned_cpus(most) if a.pin == "all" or (a.pin == "unruly" and
                                                                      impl in UNRULY) else None)
         with open(base + ".json", "w") as f:
             json.dump(spec, f)
@@ -141,7 +142,7 @@ class Runner:
         t0 = time.perf_counter()
         try:
             r = subprocess.run([python, os.path.join(HERE, "_worker.py"), base + ".json"],
-                               env=child_env(threads), capture_output=True, text=True,
+                               env=child_env(most), capture_output=True, text=True,
                                timeout=timeout)
         except subprocess.TimeoutExpired:
             return dict(impl=impl, error="timed out after %d s" % timeout, modes={})
@@ -278,20 +279,22 @@ def run_scaling(runner, workloads, args):
         np.savez(path, **dict(zip(("log_init", "log_trans", "log_emit"),
                                   make_inputs(*wl, args.seed))))
         for impl in ("gh_numpy", "gh_mxnet"):
-            # 1 and 2 threads in alternating rounds (1, 2 / 2, 1 / 1, 2 ...), each round a
-            # fresh process with its share of the budget: on a VM whose speed drifts from
-            # one minute to the next, neither thread count gets all the slow minutes.
-            # Before each round, a short run of the machine's own two-thread FMA probe:
-            # the host may run the two vCPUs on one physical core for a while, and a round
-            # that lands there says nothing about the engine.
+            # Each round is a fresh process that times 1 and 2 threads in turns, sample by
+            # sample (_worker.bench_paired): on a VM whose speed drifts from one second to
+            # the next, both counts see the same drift.  Before each round, a short run of
+            # the machine's own two-thread FMA probe: the host may run the two vCPUs on
+            # one physical core for a while, and a round that lands there says nothing
+            # about the engine.
             runs, probes = {1: [], 2: []}, []
             for r in range(args.scaling_rounds):
                 probe = peak.two_thread_scaling(rounds=2, quick=True)
                 probes.append(probe["ratio"] if probe else None)
-                for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
-                    runs[threads].append(runner.run(impl, path, ["fwd", "grad"], threads,
-                                                    outputs=False,
-                                                    budget=args.budget / args.scaling_rounds))
+                counts = [1, 2] if r % 2 == 0 else [2, 1]
+                res = runner.run(impl, path, ["fwd", "grad"], counts, outputs=False,
+                                 budget=2 * args.budget / args.scaling_rounds)
+                for threads in (1, 2):
+                    modes = (res.get("modes_by_threads") or {}).get(str(threads), {})
+                    runs[threads].append(dict(res, modes=modes))
             rows[(wl, impl)] = {t: merge_rounds(v) for t, v in runs.items()}
             rows[(wl, impl)]["probes"] = probes
         os.remove(path)
@@ -630,10 +633,12 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
     if scaling:
         w("## Thread scaling (gluon_hmm, 2 threads vs 1, B >= 8)\n")
         w("On a 2-core machine shared with other work, 2-thread numbers are only as good as the "
-          "second core is idle: see the load average above.  Each figure pools %d alternating "
-          "rounds (1 thread, 2 threads, 2, 1, ...), each a fresh process with 1/%d of the "
-          "budget; the round medians are in the JSON.\n" % (meta["scaling_rounds"],
-                                                            meta["scaling_rounds"]))
+          "second core is idle: see the load average above.  Each figure pools %d rounds, each a "
+          "fresh process that times 1 and 2 threads in turns, sample by sample (1, 2, 2, 1, ...; "
+          "each sample >= 5 ms), so that both counts see the same moments of a host whose speed "
+          "drifts from second to second; a round has 2/%d of the budget per mode for both "
+          "counts together; the round medians are in the JSON.\n" % (meta["scaling_rounds"],
+                                                                      meta["scaling_rounds"]))
         ms = meta.get("machine_scaling") or []
         if ms:
             w("The machine itself, measured just before and just after these rounds: %s "
@@ -692,8 +697,8 @@ def main(argv=None):
                         "'all' for every worker, 'none' never")
     p.add_argument("--scaling", action="store_true", help="also run gluon_hmm with 2 threads vs 1, B >= 8")
     p.add_argument("--scaling-rounds", type=int, default=None,
-                   help="alternating 1-/2-thread rounds per --scaling measurement, each with "
-                        "1/rounds of the budget (default 3, quick 1)")
+                   help="rounds per --scaling measurement: fresh processes that each time 1 and 2 "
+                        "threads in turns, with 2/rounds of the budget (default 3, quick 1)")
     p.add_argument("--memory", dest="memory", action="store_true", default=None,
                    help="run the memory-only case B,N,T=1,8,1e6 (default: on unless --quick or "
                         "--workloads is given)")

@@ -6,6 +6,7 @@ gluon_hmm row with a time and a small error, and the targets table.
 
     PYTHONPATH=. python -m pytest -q benchmarks/test_smoke.py
 """
+import json
 import os
 import re
 import subprocess
@@ -48,11 +49,21 @@ def test_quick_scaling_run_reports_rounds_and_the_machine(tmp_path):
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     r = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--quick", "--quiet",
                         "--scaling", "--scaling-rounds", "2", "--workloads", "8,50,20",
-                        "--impls", "gh_numpy", "gh_mxnet", "--out", str(out)],
+                        "--impls", "gh_numpy", "gh_mxnet", "--out", str(out),
+                        "--json", str(tmp_path / "results.json")],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
-    assert "## Thread scaling" in text and "pools 2 alternating rounds" in text
+    assert "## Thread scaling" in text and "pools 2 rounds" in text
+    assert "times 1 and 2 threads in turns" in text
+    scaling = json.loads((tmp_path / "results.json").read_text())["scaling"]
+    assert sorted(scaling) == ["8,50,20 gh_mxnet", "8,50,20 gh_numpy"]
+    for entry in scaling.values():
+        for mode in ("fwd", "grad"):
+            # 1 and 2 threads timed in turns: as many samples of each, in every round
+            one, two = (entry[t]["modes"][mode] for t in ("1", "2"))
+            assert len(one["samples"]) == len(two["samples"]) >= 2
+            assert len(one["round_medians_s"]) == len(two["round_medians_s"]) == 2
     m = re.search(r"measured just before and just after these rounds: (\S+) / (\S+)", text)
     assert m, text
     for v in m.groups():   # the FMA probe: between ~1x (one shared core) and ~2x
