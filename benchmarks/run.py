@@ -226,14 +226,26 @@ def run_workload(runner, wl, selected, args):
     rows = {}
     # the reference first: its outputs are the ground truth for every error below
     order = ["numpy_ref"] + [i for i in ORDER if i != "numpy_ref"]
+    order = [i for i in order if (i in selected or i == "numpy_ref")
+             and not (i == "mx_log_softmax" and wl != ROUND_TRIP_WORKLOAD)]
+    # Every implementation in args.rounds rounds, the order reversed in every other
+    # round, each round a fresh process with 1/rounds of the budget and of the samples:
+    # on a host whose speed drifts from minute to minute, no implementation gets all
+    # of its samples from one slow (or fast) stretch, and two implementations compared
+    # by a target are timed at interleaved moments.  Errors come from the first round.
+    per_round = dict(budget=args.budget / args.rounds,
+                     repeats=max(args.min_repeats, -(-args.repeats // args.rounds)))
+    runs = {impl: [] for impl in order}
+    for r in range(args.rounds):
+        for impl in (order if r % 2 == 0 else order[::-1]):
+            if runs[impl] and (runs[impl][0].get("skipped") or runs[impl][0].get("error")):
+                continue
+            cap = impls.IMPLS[impl][3][quick]
+            steps = cap if cap is not None and cap < T else None
+            runs[impl].append(runner.run(impl, path, ["fwd", "grad"], args.threads, steps=steps,
+                                         outputs=r == 0, **per_round))
     for impl in order:
-        if impl not in selected and impl != "numpy_ref":
-            continue
-        if impl == "mx_log_softmax" and wl != ROUND_TRIP_WORKLOAD:
-            continue
-        cap = impls.IMPLS[impl][3][quick]
-        steps = cap if cap is not None and cap < T else None
-        rows[impl] = runner.run(impl, path, ["fwd", "grad"], args.threads, steps=steps)
+        rows[impl] = merge_rounds(runs[impl]) if len(runs[impl]) > 1 else runs[impl][0]
     ref = rows["numpy_ref"]
     ref_out = None
     if ref.get("outputs"):
@@ -312,7 +324,8 @@ def merge_rounds(results):
         ms = [r["modes"][mode] for r in results if mode in r.get("modes", {})]
         samples = [x for m in ms for x in m["samples"]]
         cw = [m["cpu_over_wall"] for m in ms if m.get("cpu_over_wall")]
-        out["modes"][mode] = dict(samples=samples, median_s=float(np.median(samples)),
+        # the first round's other fields (first call / JIT compile, peak RSS) stay
+        out["modes"][mode] = dict(ms[0], samples=samples, median_s=float(np.median(samples)),
                                   min_s=min(samples),
                                   round_medians_s=[m["median_s"] for m in ms],
                                   cpu_over_wall=float(np.mean(cw)) if cw else None)
@@ -431,10 +444,16 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
     w("- single-core float32 FMA peak: **%.1f GFLOP/s** measured (%s)" % (peak_gf, peak_how))
     w("- nominal flops: fwd = 2·B·T·N², fwd+grad = 6·B·T·N² (the N×N step of forward, backward and "
       "expected counts; exp/log and O(N) terms not counted)")
+    rounds = meta.get("rounds", 1)
     w("- timing: median of repeated calls in a fresh process per implementation after one warm-up "
       "call (JAX: the warm-up is the jit compile); `[min]` in brackets; each sample is >= 5 ms "
-      "(inner loop for tiny calls); budget %.1f s per mode, %d samples max." % (meta["budget"],
-                                                                                meta["repeats"]))
+      "(inner loop for tiny calls); budget %.1f s per mode, %d samples max%s." % (
+          meta["budget"], meta["repeats"],
+          "" if rounds == 1 else
+          ", split between %d rounds: every implementation runs once per round in a fresh "
+          "process, the order reversed every other round, and its samples are pooled (the "
+          "JSON keeps each round's median), so that implementations compared by a target are "
+          "timed at interleaved moments of a host whose speed drifts" % rounds))
     w("- `× gh` = this time / gluon_hmm NumPy-binding time (same mode): > 1 means slower than "
       "gluon_hmm.  Errors: max|x − ref| / max|ref| against the float64 reference, loglik and the "
       "worst of the three gradients.")
@@ -708,6 +727,10 @@ def main(argv=None):
                         "or this one)")
     p.add_argument("--repeats", type=int, default=None, help="max samples per mode (default 15, quick 5)")
     p.add_argument("--min-repeats", type=int, default=None, help="min samples per mode (default 3, quick 2)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of the main tables: fresh processes per implementation, the "
+                        "order reversed every other round, budget and samples split "
+                        "between them (default 2, quick 1)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of sampling per mode (default 1.5, quick 0.2)")
     p.add_argument("--seed", type=int, default=20240611)
@@ -721,6 +744,10 @@ def main(argv=None):
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.min_repeats = args.min_repeats or (2 if args.quick else 3)
     args.budget = args.budget if args.budget is not None else (0.2 if args.quick else 1.5)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1, got %d" % args.rounds)
     if args.scaling_rounds is None:
         args.scaling_rounds = 1 if args.quick else 3
     if args.scaling_rounds < 1:
@@ -737,7 +764,7 @@ def main(argv=None):
                                                                (argv if argv is not None else sys.argv[1:])),
                 cpu=cpu_model(), cores=os.cpu_count(), threads=args.threads,
                 budget=args.budget, repeats=args.repeats, git=_git_rev(),
-                scaling_rounds=args.scaling_rounds,
+                scaling_rounds=args.scaling_rounds, rounds=args.rounds,
                 pin={"none": "no worker pinned",
                      "all": "every worker pinned to its --threads least busy CPUs at start",
                      "unruly": "only %s pinned to its --threads least busy CPU(s) at start (XLA "

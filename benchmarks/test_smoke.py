@@ -1,7 +1,7 @@
 """Smoke test of the benchmark harness: a --quick run on the tiniest workload.
 
-Runs ``benchmarks/run.py --quick --workloads 1,4,30`` in a subprocess (about
-20 s) and checks that the Markdown report has the workload table, every
+Runs ``benchmarks/run.py --quick --workloads 1,4,30 --rounds 2`` in a subprocess
+(about 30 s) and checks that the Markdown report has the workload table, every
 gluon_hmm row with a time and a small error, and the targets table.
 
     PYTHONPATH=. python -m pytest -q benchmarks/test_smoke.py
@@ -21,10 +21,21 @@ def test_quick_run_writes_the_table(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     r = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--quick", "--quiet",
-                        "--workloads", "1,4,30", "--out", str(out)],
+                        "--workloads", "1,4,30", "--rounds", "2", "--out", str(out),
+                        "--json", str(tmp_path / "results.json")],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
+    assert "split between 2 rounds" in text
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]["1,4,30"]
+    for impl in ("gh_numpy", "gh_mxnet", "mx_log_softmax", "numpy_ref"):
+        # two fresh processes each, samples pooled; the errors come from the first
+        assert rows[impl]["rounds"] == 2, rows[impl]
+        for mode in ("fwd", "grad"):
+            m = rows[impl]["modes"][mode]
+            assert len(m["round_medians_s"]) == 2 and len(m["samples"]) >= 4, m
+            assert m["peak_rss_kib"] > 0 and m["first_s"] > 0, m
+    assert rows["gh_numpy"]["errors"]["grads"] < 1e-4
     # the per-workload table has 12 columns (other tables name the same implementations)
     wide = [line for line in text.splitlines() if line.startswith("| ") and line.count("|") == 13]
     assert "## B=1, N=4, T=30" in text
