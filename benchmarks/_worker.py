@@ -96,8 +96,9 @@ def bench_paired(impl, mode, counts, repeats, budget_s, min_repeats):
 
     The host's speed drifts from second to second on a shared VM; two counts timed
     in turns see the same drift, where counts timed in separate processes (or
-    minutes) do not.  ``impl.set_threads(n)`` switches the count; each sample is
-    >= ~5 ms at the slowest count.  Returns {n: timing} in bench()'s format.
+    minutes) do not.  ``impl.set_threads(n)`` switches the count, one untimed call
+    follows each switch, and each sample is >= ~5 ms at the slowest count.
+    Returns {n: timing} in bench()'s format.
     """
     fn = impl.fwd if mode == "fwd" else impl.grad
     first = {}
@@ -120,6 +121,11 @@ def bench_paired(impl, mode, counts, repeats, budget_s, min_repeats):
     while pairs < repeats:
         for n in (counts if pairs % 2 == 0 else counts[::-1]):
             impl.set_threads(n)
+            # one untimed call after each switch: the first call on the other count
+            # pays for cache lines the other threads left and for waking workers
+            # (measured: without it, the 1-thread samples of a paired run came out
+            # ~5 % slower than a 1-thread process's at 64,16,500)
+            fn()
             c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(inner):
                 out = fn()
