@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """gluon_hmm benchmarks: gluon_hmm and its peers, same run, same inputs, one command.
 
-    PYTHONPATH=. python benchmarks/run.py                      # full suite (~10 min)
+    PYTHONPATH=. python benchmarks/run.py                      # full suite (~12 min)
     PYTHONPATH=. python benchmarks/run.py --quick              # smoke run (< 60 s)
     python benchmarks/run.py --workloads 8,50,1000 1,4,30 --threads 1 --out benchmarks/RESULTS.md
     python benchmarks/run.py --peer-python /path/to/venv/bin/python   # where torch and jax live
