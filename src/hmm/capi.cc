@@ -140,15 +140,9 @@ HostCache& host_cache() {
 }
 
 size_t host_cache_limit() {
-  static const size_t limit = [] {
-    long long mib = 256;
-    if (const char* v = std::getenv("GLUON_HMM_HOST_CACHE_MIB")) {
-      char* end = nullptr;
-      const long long x = std::strtoll(v, &end, 10);
-      if (end != v && *end == '\0' && x >= 0 && x <= (int64_t(1) << 30)) mib = x;
-    }
-    return static_cast<size_t>(mib) << 20;
-  }();
+  static const size_t limit =
+      static_cast<size_t>(gluon_hmm::env_int("GLUON_HMM_HOST_CACHE_MIB", 256, 0, int64_t(1) << 30))
+      << 20;
   return limit;
 }
 

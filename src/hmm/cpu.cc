@@ -187,15 +187,7 @@ class Pool {
   }
   // GLUON_HMM_SPIN_US (microseconds, default 200; 0 = sleep at once), read once.
   static int64_t spin_ns() {
-    static const int64_t ns = [] {
-      int64_t us = 200;
-      if (const char* v = std::getenv("GLUON_HMM_SPIN_US")) {
-        char* end = nullptr;
-        const long long x = std::strtoll(v, &end, 10);
-        if (end != v && *end == '\0' && x >= 0 && x <= 10000000) us = x;
-      }
-      return us * 1000;
-    }();
+    static const int64_t ns = env_int("GLUON_HMM_SPIN_US", 200, 0, 10000000) * 1000;
     return ns;
   }
   static void cpu_relax() {

@@ -10,6 +10,8 @@
 #ifndef GLUON_HMM_DRIVERS_H_
 #define GLUON_HMM_DRIVERS_H_
 
+#include <stdlib.h>
+
 #include "hmm.h"
 
 #define HMM_DECLARE_DRIVER(prefix)                                                         \
@@ -39,5 +41,18 @@ HMM_DECLARE_DRIVER(hmm_cuda)
 hmm_status_t hmm_cuda_buffer_alloc(void* stream, size_t bytes, void** ptr);
 hmm_status_t hmm_cuda_buffer_free(void* stream, void* ptr);
 }
+
+namespace gluon_hmm {
+/* An integer setting from the environment: the variable's value when it is a
+ * whole decimal number in [lo, hi], else fallback (unset, empty, trailing
+ * characters or out of range: ignored rather than half-read). */
+inline long long env_int(const char* name, long long fallback, long long lo, long long hi) {
+  const char* v = getenv(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  const long long x = strtoll(v, &end, 10);
+  return (end != v && *end == '\0' && x >= lo && x <= hi) ? x : fallback;
+}
+}  // namespace gluon_hmm
 
 #endif  // GLUON_HMM_DRIVERS_H_
