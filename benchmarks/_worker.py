@@ -73,22 +73,32 @@ def bench(fn, repeats, budget_s, min_repeats, jit):
     calls = 0
     start = time.perf_counter()
     while len(samples) < repeats:
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(inner):
-            out = fn()
-        t1, c1 = time.perf_counter(), time.process_time()
-        samples.append((t1 - t0) / inner)
+        out, dw, dc = _sample(fn, inner)
+        samples.append(dw / inner)
         calls += inner
-        wall += t1 - t0
-        cpu += c1 - c0
+        wall += dw
+        cpu += dc
         if len(samples) >= min_repeats and time.perf_counter() - start > budget_s:
             break
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     return out, dict(first_s=first, samples=samples, inner=inner,
                      cpu_over_wall=cpu / wall if wall > 0 else None,
-                     minor_faults_per_call=(ru1.ru_minflt - ru0.ru_minflt) / calls,
-                     vol_ctx_switches_per_call=(ru1.ru_nvcsw - ru0.ru_nvcsw) / calls,
-                     invol_ctx_switches_per_call=(ru1.ru_nivcsw - ru0.ru_nivcsw) / calls)
+                     **_per_call_rusage(ru0, calls))
+
+
+def _sample(fn, inner):
+    """inner calls of fn: (the last output, wall seconds, process CPU seconds)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(inner):
+        out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _per_call_rusage(ru0, calls):
+    """Minor page faults and context switches per call since getrusage() gave ru0."""
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    return dict(minor_faults_per_call=(ru1.ru_minflt - ru0.ru_minflt) / calls,
+                vol_ctx_switches_per_call=(ru1.ru_nvcsw - ru0.ru_nvcsw) / calls,
+                invol_ctx_switches_per_call=(ru1.ru_nivcsw - ru0.ru_nivcsw) / calls)
 
 
 def bench_paired(impl, mode, counts, repeats, budget_s, min_repeats):
@@ -97,22 +107,26 @@ def bench_paired(impl, mode, counts, repeats, budget_s, min_repeats):
     The host's speed drifts from second to second on a shared VM; two counts timed
     in turns see the same drift, where counts timed in separate processes (or
     minutes) do not.  ``impl.set_threads(n)`` switches the count, one untimed call
-    follows each switch, and each sample is >= ~5 ms at the slowest count.
-    Returns {n: timing} in bench()'s format.
+    follows each switch, and one inner-loop length serves every count: ~5 ms at
+    the fastest warm call of any count (estimated from single calls, so samples
+    run a few ms; longer at the slower count).  Returns {n: timing} in bench()'s format; the page-fault and
+    context-switch figures are per call over all counts together.
     """
     fn = impl.fwd if mode == "fwd" else impl.grad
-    first = {}
+    first, fastest = {}, []
     for n in counts:
         impl.set_threads(n)
         t0 = time.perf_counter()
         out = fn()
         first[n] = time.perf_counter() - t0
         fn()
-    impl.set_threads(counts[0])
-    t0 = time.perf_counter()
-    fn()
-    slowest = time.perf_counter() - t0
-    inner = max(1, int(0.005 / max(slowest, 1e-7)))
+    for n in counts:   # all warm now; a call right after a switch is slow: best of 3
+        impl.set_threads(n)
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            fastest.append(time.perf_counter() - t0)
+    inner = max(1, int(0.005 / max(min(fastest), 1e-7)))
     timing = {n: dict(first_s=first[n], samples=[], inner=inner, wall=0.0, cpu=0.0)
               for n in counts}
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -126,23 +140,19 @@ def bench_paired(impl, mode, counts, repeats, budget_s, min_repeats):
             # (measured: without it, the 1-thread samples of a paired run came out
             # ~5 % slower than a 1-thread process's at 64,16,500)
             fn()
-            c0, t0 = time.process_time(), time.perf_counter()
-            for _ in range(inner):
-                out = fn()
-            t1, c1 = time.perf_counter(), time.process_time()
+            out, dw, dc = _sample(fn, inner)
             d = timing[n]
-            d["samples"].append((t1 - t0) / inner)
-            d["wall"] += t1 - t0
-            d["cpu"] += c1 - c0
+            d["samples"].append(dw / inner)
+            d["wall"] += dw
+            d["cpu"] += dc
         pairs += 1
         if pairs >= min_repeats and time.perf_counter() - start > budget_s:
             break
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    rusage = _per_call_rusage(ru0, pairs * (inner + 1) * len(counts))
     for d in timing.values():
         wall, cpu = d.pop("wall"), d.pop("cpu")
         d.update(cpu_over_wall=cpu / wall if wall > 0 else None,
-                 median_s=statistics.median(d["samples"]), min_s=min(d["samples"]),
-                 minor_faults_per_call=(ru1.ru_minflt - ru0.ru_minflt) / (pairs * inner * len(counts)))
+                 median_s=statistics.median(d["samples"]), min_s=min(d["samples"]), **rusage)
     return out, timing
 
 

@@ -654,7 +654,8 @@ def render(meta, workloads, results, memory, scaling, peak_gf, peak_how):
         w("On a 2-core machine shared with other work, 2-thread numbers are only as good as the "
           "second core is idle: see the load average above.  Each figure pools %d rounds, each a "
           "fresh process that times 1 and 2 threads in turns, sample by sample (1, 2, 2, 1, ...; "
-          "each sample >= 5 ms, after one untimed call on the new count), so that both counts see the same moments of a host whose speed "
+          "samples of a few ms, one inner-loop length for both counts, after one untimed call on "
+          "the new count), so that both counts see the same moments of a host whose speed "
           "drifts from second to second; a round has 2/%d of the budget per mode for both "
           "counts together; the round medians are in the JSON.\n" % (meta["scaling_rounds"],
                                                                       meta["scaling_rounds"]))
