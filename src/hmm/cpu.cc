@@ -282,10 +282,27 @@ void parallel_for(int64_t n, int threads, double work, F body) {
     for (int64_t i = 0; i < n; ++i) body(i, 0);
     return;
   }
-  std::atomic<int64_t> next{0};
+  // Thread k starts on the k-th of t contiguous blocks of items, then takes what
+  // is left of the others' blocks.  So item i of a forward pass and item i of the
+  // backward pass after it usually run on the same core, whose cache holds the
+  // forward variables of item i; a thread slow to start (or the caller alone, when
+  // no worker came) still leaves nothing undone.
+  struct alignas(64) Block {
+    std::atomic<int64_t> next;
+    int64_t end;
+  };
+  std::unique_ptr<Block[]> blocks(new Block[t]);
+  for (int k = 0; k < t; ++k) {
+    blocks[k].next.store(n * k / t, std::memory_order_relaxed);
+    blocks[k].end = n * (k + 1) / t;
+  }
   std::function<void(int)> job = [&](int tid) {
     ArenaScope scope(worker_arena());
-    for (int64_t i; (i = next.fetch_add(1)) < n;) body(i, tid);
+    for (int k = 0; k < t; ++k) {
+      Block& blk = blocks[(tid + k) % t];
+      for (int64_t i; (i = blk.next.fetch_add(1, std::memory_order_relaxed)) < blk.end;)
+        body(i, tid);
+    }
   };
   pool().run(t, job);
 }
