@@ -236,7 +236,9 @@ HMM_INLINE void gemm(const T* const* x, const T* M, int64_t N, int64_t ld, int64
 /* S[i][0:Nx] += sum_k X[k][i] * R[k][0:Nx] over K row pairs (rows of S ld
  * apart): the transition statistics as one (N x K)(K x Nx) product per block
  * of steps, register-blocked over RI rows of S and NV vectors of columns: 4 x 3
- * (12 accumulators) within 16 registers, 4 x 4 within 32. */
+ * (12 accumulators) within 16 registers, 6 x 4 (24) within 32, which loads 10
+ * vectors per 24 FMAs instead of 8 per 16 (AVX-512 on two FMA ports: ~7 %
+ * off the backward at 8,50,1000, see benchmarks/NOTES.md). */
 template <typename T, int RI, int NV>
 HMM_INLINE void gemm_tn_block(const T* const* X, const T* const* R, int64_t K, int64_t i0,
                               int64_t c0, int64_t ld, T* S) {
@@ -276,9 +278,12 @@ template <typename T>
 HMM_INLINE void gemm_tn(const T* const* X, const T* const* R, int64_t K, int64_t N, int64_t ld,
                         int64_t Nx, T* S) {
   constexpr int NV = kVecRegs >= 32 ? 4 : 3;
+  constexpr int RI = kVecRegs >= 32 ? 6 : 4;
   if (K == 0) return;
   int64_t i = 0;
-  for (; i + 4 <= N; i += 4) gemm_tn_rows<T, 4, NV>(X, R, K, i, ld, Nx, S);
+  for (; i + RI <= N; i += RI) gemm_tn_rows<T, RI, NV>(X, R, K, i, ld, Nx, S);
+  if (RI > 4 && i + 4 <= N) { gemm_tn_rows<T, 4, NV>(X, R, K, i, ld, Nx, S); i += 4; }
+  if (i + 2 <= N) { gemm_tn_rows<T, 2, NV>(X, R, K, i, ld, Nx, S); i += 2; }
   for (; i < N; ++i) gemm_tn_rows<T, 1, NV>(X, R, K, i, ld, Nx, S);
 }
 
@@ -318,11 +323,13 @@ HMM_INLINE void gamma_row(const T* __restrict a, const T* __restrict beta, T w, 
 // All of x[0:Nx] <= bound (false on NaN).
 template <typename T>
 HMM_INLINE bool row_bounded(const T* x, int64_t Nx, T bound) {
-  typedef typename Vec<T>::itype VI;
-  VI bad = VI{} ;
-  for (int64_t j = 0; j < Nx; j += Vec<T>::W) bad |= ~(load(x + j) <= bound);
-  for (int k = 0; k < Vec<T>::W; ++k) if (bad[k]) return false;
-  return true;
+  typedef vec_t<T> V;
+  // 1 in the lanes that fail, then one shuffle-tree maximum (a lane-by-lane
+  // test of the mask cost W extracts and branches a row)
+  const V one = splat<T>(1), lim = splat<T>(bound);
+  V bad = splat<T>(0);
+  for (int64_t j = 0; j < Nx; j += Vec<T>::W) bad = load(x + j) <= lim ? bad : one;
+  return simd::hmax<T>(bad) == T(0);
 }
 
 /* ------------------------------------------------------------------------ */
