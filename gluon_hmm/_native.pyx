@@ -67,6 +67,10 @@ cdef extern from "hmm.h":
     hmm_status_t hmm_backward(const hmm_problem_t* p, const hmm_inputs_t* inp, const void* saved,
                               const void* grad_loglik, void* grad_init, void* grad_trans,
                               void* grad_emit, void* workspace) nogil
+    hmm_status_t hmm_forward_backward(const hmm_problem_t* p, const hmm_inputs_t* inp,
+                                      const void* grad_loglik, void* loglik, void* saved,
+                                      void* grad_init, void* grad_trans, void* grad_emit,
+                                      void* workspace) nogil
     hmm_status_t hmm_posterior(const hmm_problem_t* p, const hmm_inputs_t* inp, void* gamma,
                                void* trans_counts, void* loglik, void* init_counts,
                                void* workspace) nogil
@@ -371,7 +375,8 @@ cdef class _Call:
             _raise(st, "forward")
         return loglik, saved
 
-    cdef tuple _backward(self, cnp.ndarray saved, grad_loglik):
+    cdef cnp.ndarray _weights(self, grad_loglik):
+        """grad_loglik as a contiguous (B,) array of the call's dtype (default: ones)."""
         cdef cnp.ndarray w
         if grad_loglik is None:
             w = self._empty1(self.problem.batch)
@@ -384,6 +389,10 @@ cdef class _Call:
         if w.ndim != 1 or w.shape[0] != self.problem.batch:
             raise ValueError("grad_loglik must have shape (B,) with B=%d, got %s"
                              % (self.problem.batch, tuple(np.shape(grad_loglik))))
+        return w
+
+    cdef tuple _backward(self, cnp.ndarray saved, grad_loglik):
+        cdef cnp.ndarray w = self._weights(grad_loglik)
         cdef cnp.ndarray gi = self._empty_like_input(0)
         cdef cnp.ndarray gt = self._empty_like_input(1)
         cdef cnp.ndarray ge = self._empty_like_input(2)
@@ -404,9 +413,26 @@ cdef class _Call:
         return self._backward(saved, grad_loglik)
 
     def value_and_grad(self, grad_loglik):
-        """forward then backward in one call (no Python work in between)."""
-        loglik, saved = self._forward()
-        return loglik, self._backward(saved, grad_loglik)
+        """loglik and the gradients of sum(grad_loglik * loglik) in one engine call
+        (hmm_forward_backward: the same numbers as forward then backward)."""
+        cdef cnp.ndarray w = self._weights(grad_loglik)
+        cdef int64_t elems = 0
+        st = hmm_saved_size(&self.problem, &elems)
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "saved_size")
+        cdef cnp.ndarray loglik = self._empty1(self.problem.batch)
+        cdef cnp.ndarray saved = self._empty1(elems)
+        cdef cnp.ndarray gi = self._empty_like_input(0)
+        cdef cnp.ndarray gt = self._empty_like_input(1)
+        cdef cnp.ndarray ge = self._empty_like_input(2)
+        with nogil:
+            st = hmm_forward_backward(&self.problem, &self.inputs, cnp.PyArray_DATA(w),
+                                      cnp.PyArray_DATA(loglik), cnp.PyArray_DATA(saved),
+                                      cnp.PyArray_DATA(gi), cnp.PyArray_DATA(gt),
+                                      cnp.PyArray_DATA(ge), NULL)
+        if st != HMM_STATUS_SUCCESS:
+            _raise(st, "forward_backward")
+        return loglik, (gi, gt, ge)
 
     def posterior(self):
         cdef cnp.ndarray gamma = np.empty(self.arrays[2].shape, self.dtype)

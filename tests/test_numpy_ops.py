@@ -276,3 +276,59 @@ def test_empty_batch_and_zero_steps():
     np.testing.assert_array_equal(g.log_trans, 0) and np.testing.assert_array_equal(g.log_init, 0)
     ll, g = ghn.value_and_grad(np.zeros(3), np.zeros((3, 3)), np.zeros((2, 0, 3)))
     np.testing.assert_array_equal(ll, 0)
+
+
+def _saved_flags(saved, B, T, N, dtype):
+    """The per-sequence flags of a CPU saved state (layout: src/hmm/common.h): 1 where
+    the scaled forward pass gave up on a sequence and recomputed it in log space."""
+    w = 4 if dtype == np.float64 else 8
+    Np = w if N <= w else -(-N // (2 * w)) * (2 * w)
+    start = B * T * Np + B * T
+    return saved[start:start + B]
+
+
+def _fallback_problem(rng, B, T, N, dtype):
+    """Left-to-right models where the last two sequences underflow the scaled
+    recursion (the last lockstep group: the groups before it finish their backward
+    in the one-pass plan before the flag is seen)."""
+    li, lt = _left_to_right(N)
+    le = rng.normal(size=(B, T, N))
+    # At step 3 only states 0..3 are reachable; the best emission is state N-1's,
+    # every reachable state's is e^-1e4 below it: the scaled step underflows.
+    le[-2:, 3, :] = -1e4
+    le[-2:, 3, N - 1] = 0.0
+    return li.astype(dtype), lt.astype(dtype), le.astype(dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["shared", "batch", "time", "ragged-all", "fallback"])
+def test_value_and_grad_is_forward_then_backward_bitwise(rng, kind, dtype, threads):
+    """value_and_grad runs forward and backward as one pass over the batch
+    (hmm_forward_backward); its numbers are those of the two passes run apart,
+    bit for bit, including when sequences fall back to log space (the one-pass
+    plan is then dropped for the separate backward)."""
+    from gluon_hmm import _native
+    B, T, N = 11, 37, 13
+    if kind == "fallback":
+        args = _fallback_problem(rng, B, T, 6, dtype) + (None,)
+    elif kind == "ragged-all":
+        from cases import FLAG_SETS
+        args = make_problem(rng, B, T, N, dtype=dtype, **FLAG_SETS["all"]).args
+    else:
+        args = make_problem(rng, B, T, N, trans=kind, dtype=dtype, lengths="ragged").args
+    w = rng.normal(size=B).astype(dtype)
+    call = _native._Call(*args, threads)
+    loglik, saved = call.forward()
+    separate = call.backward(saved, w)
+    flags = _saved_flags(saved, B, T, args[2].shape[2], dtype)
+    if kind == "fallback":
+        np.testing.assert_array_equal(np.nonzero(flags)[0], [B - 2, B - 1])
+    ll, grads = ghn.value_and_grad(*args, grad_loglik=w, num_threads=threads)
+    np.testing.assert_array_equal(ll, loglik)
+    for got, want in zip(grads, separate):
+        np.testing.assert_array_equal(got, want)
+    gamma, counts = ghn.posterior(*args, num_threads=threads)   # the same pass, weights 1
+    _, ones = ghn.value_and_grad(*args, num_threads=threads)
+    np.testing.assert_array_equal(gamma, ones.log_emit)
+    np.testing.assert_array_equal(counts, ones.log_trans)

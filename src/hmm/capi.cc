@@ -417,6 +417,21 @@ hmm_status_t hmm_backward(const hmm_problem_t* p, const hmm_inputs_t* in, const 
                       workspace);
 }
 
+hmm_status_t hmm_forward_backward(const hmm_problem_t* p, const hmm_inputs_t* in,
+                                  const void* grad_loglik, void* loglik, void* saved,
+                                  void* grad_init, void* grad_trans, void* grad_emit,
+                                  void* workspace) {
+  HMM_TRY(check_problem(p));
+  HMM_TRY(check_inputs(p, in));
+  if (p->batch > 0 && (!loglik || !saved || !grad_loglik || (!grad_emit && p->time > 0)))
+    return HMM_STATUS_NULL_POINTER;
+  if (p->device == HMM_DEVICE_CPU)
+    return hmm_cpu_forward_backward(p, in, grad_loglik, loglik, saved, grad_init, grad_trans,
+                                    grad_emit, workspace);
+  HMM_TRY(hmm_forward(p, in, loglik, saved));
+  return hmm_backward(p, in, saved, grad_loglik, grad_init, grad_trans, grad_emit, workspace);
+}
+
 hmm_status_t hmm_posterior(const hmm_problem_t* p, const hmm_inputs_t* in, void* gamma,
                            void* trans_counts, void* loglik, void* init_counts,
                            void* workspace) {

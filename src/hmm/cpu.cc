@@ -742,52 +742,35 @@ int64_t accumulator_chunks(int64_t nitems, int64_t acc_len) {
   return std::min({nitems, kMaxChunks, by_memory});
 }
 
+/* The backward pass over a batch, in three steps that the separate backward call
+ * and the fused forward-backward call share: the plan (groups of the sequences
+ * the scaled forward pass could trust, the flagged ones alone, chunks and their
+ * accumulators), the chunks (any thread, any order), and the end (the chunks'
+ * sums, in chunk order, into the shared gradients). */
 template <typename T>
-void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* saved,
-                   const T* w, T* grad_init, T* grad_trans, T* grad_emit) {
-  Model<T> M(p, in);
-  const int64_t N = M.N, Np = M.Np;
-  ArenaScope scope(call_arena());
-  Arena& ca = call_arena();
-  BwdShared<T> Bw{&M, Saved<T>{const_cast<T*>(saved), M.B, M.T_, Np, dtype_of<T>(), N},
-                  w, grad_init, grad_trans, grad_emit, nullptr, nullptr, 0};
-  if (M.trans_mode == HMM_TRANS_SHARED) {
-    T* A = ca.array<T>(N * Np);
-    T* At = ca.array<T>(N * Np);
-    Bw.mA = prepare_matrix(M, M.trans, A, At);
-    Bw.A = A;
-    Bw.At = At;
-  }
-  const int threads = std::max(1, effective_threads(p));
-  Groups gr = make_groups(M, true, &Bw.S);
+struct BackwardPlan {
+  const Model<T>& M;
+  const BwdShared<T>& Bw;
+  Groups gr;
   std::vector<int64_t> flagged;
-  for (int64_t b = 0; b < M.B; ++b) if (Bw.S.flag(b) != T(0)) flagged.push_back(b);
-  const int64_t ng = static_cast<int64_t>(gr.start.size()) - 1;
-  const int64_t nitems = ng + static_cast<int64_t>(flagged.size());
-  // Sums over the batch (the gradients of a shared log_init / log_trans) are
-  // reproducible bit for bit whatever the thread count or the scheduling: the
-  // work items are cut into contiguous chunks, as many as the problem alone
-  // says; each chunk adds its items, in order, into its own float64
-  // accumulators, and the chunks are summed in order at the end.
-  const bool sums = (grad_init && M.init_mode == HMM_INIT_SHARED) ||
-                    (grad_trans && M.trans_mode == HMM_TRANS_SHARED);
-  const int64_t acc_len = 2 * N * N + N;
-  const int64_t nchunks = sums ? accumulator_chunks(nitems, acc_len) : nitems;
-  // Without sums nothing reads or writes an accumulator: none is allocated.  With
-  // sums each chunk's accumulators are zeroed by the thread that runs the chunk,
-  // inside the parallel loop (off the call's serial path, into that core's cache).
-  const int64_t nacc = sums ? std::max<int64_t>(nchunks, 1) : 0;  // nchunks is 0 for B = 0
-  double* acc_mem = sums ? ca.array<double>(acc_len * nacc) : nullptr;
-  // Per chunk: [trans_pre N*N][init N] zeroed before its items, [trans_direct N*N]
-  // zeroed by the log-space fallback when it first adds to it.
-  const int64_t eager_len = N * N + N;
-  std::vector<ChunkAcc> accs(static_cast<size_t>(std::max<int64_t>(nacc, 1)),
-                             ChunkAcc{nullptr, nullptr, nullptr, false});
-  for (int64_t k = 0; k < nacc; ++k)
-    accs[k] = ChunkAcc{acc_mem + k * acc_len, acc_mem + k * acc_len + N * N,
-                        acc_mem + k * acc_len + eager_len, false};
-  if (sums && nchunks == 0) std::fill(acc_mem, acc_mem + eager_len, 0.0);  // B = 0: zero sums
-  auto item = [&](int64_t k, ChunkAcc* acc, Arena& ar) {
+  int64_t ng = 0, nitems = 0, nchunks = 0, nacc = 0;
+  int64_t acc_len = 0, eager_len = 0;
+  bool sums = false;
+  double* acc_mem = nullptr;
+  std::vector<ChunkAcc> accs;
+
+  // Groups from the forward's flags: flagged sequences run alone in log space.
+  BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Arena& ca)
+      : BackwardPlan(m, bw, ca, make_groups(m, true, &bw.S)) {
+    for (int64_t b = 0; b < M.B; ++b) if (Bw.S.flag(b) != T(0)) flagged.push_back(b);
+    set_chunks(ca);
+  }
+  // Groups given, nothing flagged (the fused call's optimistic plan).
+  BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Arena& ca, Groups groups, bool)
+      : BackwardPlan(m, bw, ca, std::move(groups)) { set_chunks(ca); }
+
+  // Item k of this plan: group k, or a flagged sequence (k >= ng).
+  void item(int64_t k, ChunkAcc* acc, Arena& ar) const {
     ar.reset();
     if (k >= ng) { backward_log_one(Bw, flagged[k - ng], acc, ar); return; }
     const int64_t* seq = gr.order.data() + gr.start[k];
@@ -800,27 +783,141 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
       ar.reset();
       backward_log_one(Bw, seq[m], acc, ar);
     }
-  };
-  parallel_for(nchunks, threads, 2 * flops_estimate(M), [&](int64_t c, int) {
-    Arena& ar = worker_arena();
+  }
+  int64_t chunk_begin(int64_t c) const { return c * nitems / nchunks; }
+  int64_t chunk_end(int64_t c) const { return (c + 1) * nitems / nchunks; }
+  // Chunk c's accumulators, zeroed by the thread that runs the chunk (off the
+  // call's serial path, into that core's cache); NULL-filled when nothing is summed.
+  ChunkAcc* open_chunk(int64_t c) {
     ChunkAcc* acc = &accs[sums ? c : 0];
     if (sums) std::fill(acc->trans_pre, acc->trans_pre + eager_len, 0.0);
-    for (int64_t k = c * nitems / nchunks; k < (c + 1) * nitems / nchunks; ++k) item(k, acc, ar);
-  });
-  if (!sums) return;
-  // The chunks' sums, in chunk order, into chunk 0; the log-space counts only when
-  // some chunk has them (the others' are zeroed first: the same sums, in order).
-  bool any_direct = false;
-  for (int64_t k = 0; k < nacc; ++k) any_direct = any_direct || accs[k].direct_used;
-  if (any_direct)
+    return acc;
+  }
+  void run_chunk(int64_t c, Arena& ar) {
+    ChunkAcc* acc = open_chunk(c);
+    for (int64_t k = chunk_begin(c); k < chunk_end(c); ++k) item(k, acc, ar);
+  }
+  // The chunks' sums, in chunk order, into chunk 0 and out to the shared gradients;
+  // the log-space counts only when some chunk has them (the others' are zeroed
+  // first: the same sums, in order).
+  void finish() {
+    if (!sums) return;
+    const int64_t N = M.N;
+    bool any_direct = false;
+    for (int64_t k = 0; k < nacc; ++k) any_direct = any_direct || accs[k].direct_used;
+    if (any_direct)
+      for (int64_t k = 0; k < nacc; ++k)
+        if (!accs[k].direct_used) std::fill(accs[k].trans_direct, accs[k].trans_direct + N * N, 0.0);
+    HMM_DISPATCH(M, sum_chunks(acc_mem, nacc, acc_len, any_direct ? acc_len : eager_len));
+    if (Bw.grad_init && M.init_mode == HMM_INIT_SHARED)
+      for (int64_t j = 0; j < N; ++j) Bw.grad_init[j] = T(accs[0].init[j]);
+    if (Bw.grad_trans && M.trans_mode == HMM_TRANS_SHARED)
+      shared_trans_grad(M, Bw.A, accs[0].trans_pre, any_direct ? accs[0].trans_direct : nullptr,
+                        Bw.grad_trans);
+  }
+
+ private:
+  BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Arena&, Groups groups)
+      : M(m), Bw(bw), gr(std::move(groups)) {}
+  // Sums over the batch (the gradients of a shared log_init / log_trans) are
+  // reproducible bit for bit whatever the thread count or the scheduling: the
+  // work items are cut into contiguous chunks, as many as the problem alone
+  // says; each chunk adds its items, in order, into its own float64
+  // accumulators, and the chunks are summed in order at the end.
+  void set_chunks(Arena& ca) {
+    const int64_t N = M.N;
+    ng = static_cast<int64_t>(gr.start.size()) - 1;
+    nitems = ng + static_cast<int64_t>(flagged.size());
+    sums = (Bw.grad_init && M.init_mode == HMM_INIT_SHARED) ||
+           (Bw.grad_trans && M.trans_mode == HMM_TRANS_SHARED);
+    acc_len = 2 * N * N + N;
+    nchunks = sums ? accumulator_chunks(nitems, acc_len) : nitems;
+    // Without sums nothing reads or writes an accumulator: none is allocated.
+    nacc = sums ? std::max<int64_t>(nchunks, 1) : 0;  // nchunks is 0 for B = 0
+    acc_mem = sums ? ca.array<double>(acc_len * nacc) : nullptr;
+    // Per chunk: [trans_pre N*N][init N] zeroed before its items, [trans_direct N*N]
+    // zeroed by the log-space fallback when it first adds to it.
+    eager_len = N * N + N;
+    accs.assign(static_cast<size_t>(std::max<int64_t>(nacc, 1)),
+                ChunkAcc{nullptr, nullptr, nullptr, false});
     for (int64_t k = 0; k < nacc; ++k)
-      if (!accs[k].direct_used) std::fill(accs[k].trans_direct, accs[k].trans_direct + N * N, 0.0);
-  HMM_DISPATCH(M, sum_chunks(acc_mem, nacc, acc_len, any_direct ? acc_len : eager_len));
-  if (grad_init && M.init_mode == HMM_INIT_SHARED)
-    for (int64_t j = 0; j < N; ++j) grad_init[j] = T(accs[0].init[j]);
-  if (grad_trans && M.trans_mode == HMM_TRANS_SHARED)
-    shared_trans_grad(M, Bw.A, accs[0].trans_pre, any_direct ? accs[0].trans_direct : nullptr,
-                      grad_trans);
+      accs[k] = ChunkAcc{acc_mem + k * acc_len, acc_mem + k * acc_len + N * N,
+                         acc_mem + k * acc_len + eager_len, false};
+    if (sums && nchunks == 0) std::fill(acc_mem, acc_mem + eager_len, 0.0);  // B = 0: zero sums
+  }
+};
+
+template <typename T>
+void prepare_shared(const Model<T>& M, Arena& ca, bool transposed, const T** A, const T** At,
+                    T* mA) {
+  if (M.trans_mode != HMM_TRANS_SHARED) return;
+  T* a = ca.array<T>(M.N * M.Np);
+  T* at = transposed ? ca.array<T>(M.N * M.Np) : nullptr;
+  *mA = prepare_matrix(M, M.trans, a, at);
+  *A = a;
+  *At = at;
+}
+
+template <typename T>
+void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* saved,
+                   const T* w, T* grad_init, T* grad_trans, T* grad_emit) {
+  Model<T> M(p, in);
+  ArenaScope scope(call_arena());
+  Arena& ca = call_arena();
+  BwdShared<T> Bw{&M, Saved<T>{const_cast<T*>(saved), M.B, M.T_, M.Np, dtype_of<T>(), M.N},
+                  w, grad_init, grad_trans, grad_emit, nullptr, nullptr, 0};
+  prepare_shared(M, ca, true, &Bw.A, &Bw.At, &Bw.mA);
+  BackwardPlan<T> plan(M, Bw, ca);
+  parallel_for(plan.nchunks, std::max(1, effective_threads(p)), 2 * flops_estimate(M),
+               [&](int64_t c, int) { plan.run_chunk(c, worker_arena()); });
+  plan.finish();
+}
+
+/* Forward and backward in one pass over the batch: each chunk of groups runs
+ * its backward right after its forward, while the group's forward variables
+ * are still in that core's cache, with one parallel loop, one preparation of
+ * the shared matrix and no serial work in between.  The plan assumes the
+ * scaled forward pass trusts every sequence, so that the backward's groups
+ * and chunks are the forward's, and the results are those of forward_impl
+ * then backward_impl, bit for bit.  When some sequence is flagged (its
+ * likelihood needed log space), the chunks stop their backward work and the
+ * separate backward pass runs afterwards on the finished forward state. */
+template <typename T>
+void forward_backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* w,
+                           T* loglik, T* saved, T* grad_init, T* grad_trans, T* grad_emit) {
+  Model<T> M(p, in);
+  ArenaScope scope(call_arena());
+  Arena& ca = call_arena();
+  const Saved<T> S{saved, M.B, M.T_, M.Np, dtype_of<T>(), M.N};
+  BwdShared<T> Bw{&M, S, w, grad_init, grad_trans, grad_emit, nullptr, nullptr, 0};
+  prepare_shared(M, ca, true, &Bw.A, &Bw.At, &Bw.mA);
+  FwdShared<T> F{&M, S, loglik, Bw.A, Bw.mA};
+  Groups gr = make_groups(M, false, &S);
+  BackwardPlan<T> plan(M, Bw, ca, gr, true);
+  std::atomic<bool> flagged{false};
+  parallel_for(plan.nchunks, std::max(1, effective_threads(p)), 3 * flops_estimate(M),
+               [&](int64_t c, int) {
+    Arena& ar = worker_arena();
+    ChunkAcc* acc = plan.open_chunk(c);
+    for (int64_t k = plan.chunk_begin(c); k < plan.chunk_end(c); ++k) {
+      const int64_t* seq = gr.order.data() + gr.start[k];
+      const int g = int(gr.start[k + 1] - gr.start[k]);
+      ar.reset();
+      forward_item(F, seq, g, ar);
+      for (int m = 0; m < g; ++m)
+        if (S.flag(seq[m]) != T(0)) flagged.store(true, std::memory_order_relaxed);
+      if (flagged.load(std::memory_order_relaxed)) continue;  // forward only from here on
+      plan.item(k, acc, ar);
+    }
+  });
+  if (flagged.load()) {
+    BackwardPlan<T> full(M, Bw, ca);
+    parallel_for(full.nchunks, std::max(1, effective_threads(p)), 2 * flops_estimate(M),
+                 [&](int64_t c, int) { full.run_chunk(c, worker_arena()); });
+    full.finish();
+    return;
+  }
+  plan.finish();
 }
 
 template <typename T>
@@ -830,9 +927,9 @@ void posterior_impl(const hmm_problem_t* p, const hmm_inputs_t* in, T* gamma, T*
   std::vector<T> saved(static_cast<size_t>(saved_elems_cpu(M.B, M.T_, M.N, dtype_of<T>())));
   std::vector<T> ll(static_cast<size_t>(std::max<int64_t>(M.B, 1)));
   std::vector<T> ones(static_cast<size_t>(std::max<int64_t>(M.B, 1)), T(1));
-  forward_impl<T>(p, in, ll.data(), saved.data());
+  forward_backward_impl<T>(p, in, ones.data(), ll.data(), saved.data(), init_counts, counts,
+                           gamma);
   if (loglik) std::copy(ll.begin(), ll.begin() + M.B, loglik);
-  backward_impl<T>(p, in, saved.data(), ones.data(), init_counts, counts, gamma);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1110,6 +1207,24 @@ hmm_status_t hmm_cpu_backward(const hmm_problem_t* p, const hmm_inputs_t* in, co
                             static_cast<const double*>(grad_loglik),
                             static_cast<double*>(grad_init), static_cast<double*>(grad_trans),
                             static_cast<double*>(grad_emit));
+  });
+}
+
+hmm_status_t hmm_cpu_forward_backward(const hmm_problem_t* p, const hmm_inputs_t* in,
+                                      const void* grad_loglik, void* loglik, void* saved,
+                                      void* grad_init, void* grad_trans, void* grad_emit, void*) {
+  return guarded([&] {
+    if (p->dtype == HMM_FLOAT32)
+      forward_backward_impl<float>(p, in, static_cast<const float*>(grad_loglik),
+                                   static_cast<float*>(loglik), static_cast<float*>(saved),
+                                   static_cast<float*>(grad_init), static_cast<float*>(grad_trans),
+                                   static_cast<float*>(grad_emit));
+    else
+      forward_backward_impl<double>(p, in, static_cast<const double*>(grad_loglik),
+                                    static_cast<double*>(loglik), static_cast<double*>(saved),
+                                    static_cast<double*>(grad_init),
+                                    static_cast<double*>(grad_trans),
+                                    static_cast<double*>(grad_emit));
   });
 }
 

@@ -38,6 +38,12 @@
 extern "C" {
 HMM_DECLARE_DRIVER(hmm_cpu)
 HMM_DECLARE_DRIVER(hmm_cuda)
+/* hmm_forward then hmm_backward in one pass over the batch (CPU only: on CUDA the
+ * C ABI runs the two drivers in turn). */
+hmm_status_t hmm_cpu_forward_backward(const hmm_problem_t* p, const hmm_inputs_t* in,
+                                      const void* grad_loglik, void* loglik, void* saved,
+                                      void* grad_init, void* grad_trans, void* grad_emit,
+                                      void* workspace);
 hmm_status_t hmm_cuda_buffer_alloc(void* stream, size_t bytes, void** ptr);
 hmm_status_t hmm_cuda_buffer_free(void* stream, void* ptr);
 }

@@ -153,6 +153,18 @@ hmm_status_t hmm_backward(const hmm_problem_t* p, const hmm_inputs_t* in, const 
                           const void* grad_loglik, void* grad_init, void* grad_trans,
                           void* grad_emit, void* workspace);
 
+/* hmm_forward followed by hmm_backward, with the same results bit for bit:
+ * loglik (B,), the saved state (saved: hmm_saved_size elements, as for
+ * hmm_forward) and the gradients of sum_b grad_loglik[b] * loglik[b] (the
+ * weights are known before the forward pass runs).  On the CPU it is one pass
+ * over the batch: each group of sequences runs its backward right after its
+ * forward, while its forward variables are in cache, with one parallel loop
+ * and no serial work between the passes.  workspace: as for hmm_backward. */
+hmm_status_t hmm_forward_backward(const hmm_problem_t* p, const hmm_inputs_t* in,
+                                  const void* grad_loglik, void* loglik, void* saved,
+                                  void* grad_init, void* grad_trans, void* grad_emit,
+                                  void* workspace);
+
 /* Posterior marginals gamma (B,T,N), expected transition counts (shape of
  * log_trans), and optionally loglik (B,) and expected initial counts (shape of
  * log_init; NULL to skip). */
