@@ -43,7 +43,9 @@ def value_and_grad(log_init, log_trans, log_emit, lengths=None, grad_loglik=None
     """Log-likelihood (B,) and the gradients of ``sum(grad_loglik * loglik)``.
 
     ``grad_loglik`` (B,) defaults to ones.  Returns ``(loglik, Gradients(log_init,
-    log_trans, log_emit))``, each gradient shaped like its input.
+    log_trans, log_emit))``, each gradient shaped like its input.  One pass over the
+    batch (the C ABI's ``hmm_forward_backward``): each group of sequences runs its
+    backward right after its forward; the numbers are those of the two passes run apart.
     """
     loglik, grads = _call(log_init, log_trans, log_emit, lengths,
                           num_threads).value_and_grad(grad_loglik)
