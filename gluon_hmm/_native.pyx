@@ -361,13 +361,17 @@ cdef class _Call:
     cdef cnp.ndarray _empty1(self, cnp.npy_intp n):
         return cnp.PyArray_EMPTY(1, &n, self.typenum, 0)
 
-    cdef tuple _forward(self):
+    cdef tuple _forward_outputs(self):
+        """Uninitialised loglik (B,) and saved state (hmm_saved_size elements)."""
         cdef int64_t elems = 0
         st = hmm_saved_size(&self.problem, &elems)
         if st != HMM_STATUS_SUCCESS:
             _raise(st, "saved_size")
-        cdef cnp.ndarray loglik = self._empty1(self.problem.batch)
-        cdef cnp.ndarray saved = self._empty1(elems)
+        return self._empty1(self.problem.batch), self._empty1(elems)
+
+    cdef tuple _forward(self):
+        cdef cnp.ndarray loglik, saved
+        loglik, saved = self._forward_outputs()
         with nogil:
             st = hmm_forward(&self.problem, &self.inputs, cnp.PyArray_DATA(loglik),
                              cnp.PyArray_DATA(saved))
@@ -416,12 +420,8 @@ cdef class _Call:
         """loglik and the gradients of sum(grad_loglik * loglik) in one engine call
         (hmm_forward_backward: the same numbers as forward then backward)."""
         cdef cnp.ndarray w = self._weights(grad_loglik)
-        cdef int64_t elems = 0
-        st = hmm_saved_size(&self.problem, &elems)
-        if st != HMM_STATUS_SUCCESS:
-            _raise(st, "saved_size")
-        cdef cnp.ndarray loglik = self._empty1(self.problem.batch)
-        cdef cnp.ndarray saved = self._empty1(elems)
+        cdef cnp.ndarray loglik, saved
+        loglik, saved = self._forward_outputs()
         cdef cnp.ndarray gi = self._empty_like_input(0)
         cdef cnp.ndarray gt = self._empty_like_input(1)
         cdef cnp.ndarray ge = self._empty_like_input(2)
