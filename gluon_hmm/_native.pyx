@@ -395,11 +395,14 @@ cdef class _Call:
                              % (self.problem.batch, tuple(np.shape(grad_loglik))))
         return w
 
+    cdef tuple _grad_outputs(self):
+        """Uninitialised gradients shaped like log_init, log_trans, log_emit."""
+        return self._empty_like_input(0), self._empty_like_input(1), self._empty_like_input(2)
+
     cdef tuple _backward(self, cnp.ndarray saved, grad_loglik):
         cdef cnp.ndarray w = self._weights(grad_loglik)
-        cdef cnp.ndarray gi = self._empty_like_input(0)
-        cdef cnp.ndarray gt = self._empty_like_input(1)
-        cdef cnp.ndarray ge = self._empty_like_input(2)
+        cdef cnp.ndarray gi, gt, ge
+        gi, gt, ge = self._grad_outputs()
         with nogil:
             st = hmm_backward(&self.problem, &self.inputs, cnp.PyArray_DATA(saved),
                               cnp.PyArray_DATA(w), cnp.PyArray_DATA(gi), cnp.PyArray_DATA(gt),
@@ -422,9 +425,8 @@ cdef class _Call:
         cdef cnp.ndarray w = self._weights(grad_loglik)
         cdef cnp.ndarray loglik, saved
         loglik, saved = self._forward_outputs()
-        cdef cnp.ndarray gi = self._empty_like_input(0)
-        cdef cnp.ndarray gt = self._empty_like_input(1)
-        cdef cnp.ndarray ge = self._empty_like_input(2)
+        cdef cnp.ndarray gi, gt, ge
+        gi, gt, ge = self._grad_outputs()
         with nogil:
             st = hmm_forward_backward(&self.problem, &self.inputs, cnp.PyArray_DATA(w),
                                       cnp.PyArray_DATA(loglik), cnp.PyArray_DATA(saved),

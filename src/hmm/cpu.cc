@@ -676,6 +676,18 @@ inline void shared_trans_grad(const Model<double>& M, const double* A, const dou
   HMM_DISPATCH(M, shared_trans_grad_f64(A, M.N, M.Np, pre, direct, out));
 }
 
+// A' of a matrix shared by the call (and A'^T when At is given) in scratch from
+// arena ca; nothing when the matrix varies by sequence or step.
+template <typename T>
+void prepare_shared(const Model<T>& M, Arena& ca, const T** A, T* mA, const T** At = nullptr) {
+  if (M.trans_mode != HMM_TRANS_SHARED) return;
+  T* a = ca.array<T>(M.N * M.Np);
+  T* at = At ? ca.array<T>(M.N * M.Np) : nullptr;
+  *mA = prepare_matrix(M, M.trans, a, at);
+  *A = a;
+  if (At) *At = at;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Batch drivers.                                                             */
 /* ------------------------------------------------------------------------ */
@@ -717,11 +729,7 @@ void forward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, T* loglik, T* 
   ArenaScope scope(call_arena());
   Arena& ca = call_arena();
   FwdShared<T> F{&M, Saved<T>{saved, M.B, M.T_, M.Np, dtype_of<T>(), M.N}, loglik, nullptr, 0};
-  if (M.trans_mode == HMM_TRANS_SHARED) {
-    T* A = ca.array<T>(M.N * M.Np);
-    F.mA = prepare_matrix(M, M.trans, A, static_cast<T*>(nullptr));
-    F.A = A;
-  }
+  prepare_shared(M, ca, &F.A, &F.mA);
   Groups gr = make_groups(M, false, &F.S);
   const int64_t ng = static_cast<int64_t>(gr.start.size()) - 1;
   parallel_for(ng, effective_threads(p), flops_estimate(M), [&](int64_t k, int) {
@@ -761,13 +769,13 @@ struct BackwardPlan {
 
   // Groups from the forward's flags: flagged sequences run alone in log space.
   BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Arena& ca)
-      : BackwardPlan(m, bw, ca, make_groups(m, true, &bw.S)) {
+      : BackwardPlan(m, bw, make_groups(m, true, &bw.S)) {
     for (int64_t b = 0; b < M.B; ++b) if (Bw.S.flag(b) != T(0)) flagged.push_back(b);
     set_chunks(ca);
   }
   // Groups given, nothing flagged (the fused call's optimistic plan).
-  BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Arena& ca, Groups groups, bool)
-      : BackwardPlan(m, bw, ca, std::move(groups)) { set_chunks(ca); }
+  BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Arena& ca, Groups groups)
+      : BackwardPlan(m, bw, std::move(groups)) { set_chunks(ca); }
 
   // Item k of this plan: group k, or a flagged sequence (k >= ng).
   void item(int64_t k, ChunkAcc* acc, Arena& ar) const {
@@ -817,7 +825,7 @@ struct BackwardPlan {
   }
 
  private:
-  BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Arena&, Groups groups)
+  BackwardPlan(const Model<T>& m, const BwdShared<T>& bw, Groups groups)
       : M(m), Bw(bw), gr(std::move(groups)) {}
   // Sums over the batch (the gradients of a shared log_init / log_trans) are
   // reproducible bit for bit whatever the thread count or the scheduling: the
@@ -847,15 +855,12 @@ struct BackwardPlan {
   }
 };
 
+// Every chunk of the plan over the call's threads, then the chunks' sums.
 template <typename T>
-void prepare_shared(const Model<T>& M, Arena& ca, bool transposed, const T** A, const T** At,
-                    T* mA) {
-  if (M.trans_mode != HMM_TRANS_SHARED) return;
-  T* a = ca.array<T>(M.N * M.Np);
-  T* at = transposed ? ca.array<T>(M.N * M.Np) : nullptr;
-  *mA = prepare_matrix(M, M.trans, a, at);
-  *A = a;
-  *At = at;
+void run_plan(BackwardPlan<T>& plan, const hmm_problem_t* p) {
+  parallel_for(plan.nchunks, std::max(1, effective_threads(p)), 2 * flops_estimate(plan.M),
+               [&](int64_t c, int) { plan.run_chunk(c, worker_arena()); });
+  plan.finish();
 }
 
 template <typename T>
@@ -866,11 +871,9 @@ void backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const T* save
   Arena& ca = call_arena();
   BwdShared<T> Bw{&M, Saved<T>{const_cast<T*>(saved), M.B, M.T_, M.Np, dtype_of<T>(), M.N},
                   w, grad_init, grad_trans, grad_emit, nullptr, nullptr, 0};
-  prepare_shared(M, ca, true, &Bw.A, &Bw.At, &Bw.mA);
+  prepare_shared(M, ca, &Bw.A, &Bw.mA, &Bw.At);
   BackwardPlan<T> plan(M, Bw, ca);
-  parallel_for(plan.nchunks, std::max(1, effective_threads(p)), 2 * flops_estimate(M),
-               [&](int64_t c, int) { plan.run_chunk(c, worker_arena()); });
-  plan.finish();
+  run_plan(plan, p);
 }
 
 /* Forward and backward in one pass over the batch: each chunk of groups runs
@@ -890,10 +893,10 @@ void forward_backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const
   Arena& ca = call_arena();
   const Saved<T> S{saved, M.B, M.T_, M.Np, dtype_of<T>(), M.N};
   BwdShared<T> Bw{&M, S, w, grad_init, grad_trans, grad_emit, nullptr, nullptr, 0};
-  prepare_shared(M, ca, true, &Bw.A, &Bw.At, &Bw.mA);
+  prepare_shared(M, ca, &Bw.A, &Bw.mA, &Bw.At);
   FwdShared<T> F{&M, S, loglik, Bw.A, Bw.mA};
-  Groups gr = make_groups(M, false, &S);
-  BackwardPlan<T> plan(M, Bw, ca, gr, true);
+  BackwardPlan<T> plan(M, Bw, ca, make_groups(M, false, &S));
+  const Groups& gr = plan.gr;
   std::atomic<bool> flagged{false};
   parallel_for(plan.nchunks, std::max(1, effective_threads(p)), 3 * flops_estimate(M),
                [&](int64_t c, int) {
@@ -912,9 +915,7 @@ void forward_backward_impl(const hmm_problem_t* p, const hmm_inputs_t* in, const
   });
   if (flagged.load()) {
     BackwardPlan<T> full(M, Bw, ca);
-    parallel_for(full.nchunks, std::max(1, effective_threads(p)), 2 * flops_estimate(M),
-                 [&](int64_t c, int) { full.run_chunk(c, worker_arena()); });
-    full.finish();
+    run_plan(full, p);
     return;
   }
   plan.finish();
@@ -1127,12 +1128,9 @@ void sample_impl(const hmm_problem_t* p, const hmm_inputs_t* in, int64_t S, cons
                  int32_t* paths) {
   Model<T> M(p, in);
   ArenaScope scope(call_arena());
-  T* A = nullptr;
+  const T* A = nullptr;
   T mA = 0;
-  if (M.trans_mode == HMM_TRANS_SHARED) {
-    A = call_arena().array<T>(M.N * M.Np);
-    mA = prepare_matrix(M, M.trans, A, static_cast<T*>(nullptr));
-  }
+  prepare_shared(M, call_arena(), &A, &mA);
   parallel_for(M.B, effective_threads(p), flops_estimate(M) * (1 + 0.1 * double(S)),
                [&](int64_t b, int) {
                  Arena& ar = worker_arena();
